@@ -1,0 +1,3 @@
+from router_controller.cli import main
+
+raise SystemExit(main())

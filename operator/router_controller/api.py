@@ -1,0 +1,143 @@
+"""The StaticRoute API (``production-stack.vllm.ai/v1alpha1``) as pydantic models.
+
+The API server has already applied the CRD's schema (defaults, enums, CEL rules)
+to whatever reaches the operator; these models are the operator's typed view of
+that object and the second line of defence: anything that got past the schema
+(an older CRD, a hand-edited object) fails here with a message naming the field.
+
+The CRD in ``config/crd/bases`` is checked against these models by a test, so the
+two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "production-stack.vllm.ai"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "StaticRoute"
+PLURAL = "staticroutes"
+
+CONFIG_KEY = "dynamic_config.json"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE = "router-controller"
+
+ServiceDiscovery = Literal["static", "k8s"]
+RoutingLogic = Literal[
+    "roundrobin",
+    "session",
+    "kvaware",
+    "prefixaware",
+    "disaggregated_prefill",
+    "disaggregated_prefill_orchestrated",
+]
+MODEL_TYPES = (
+    "chat",
+    "completion",
+    "embeddings",
+    "rerank",
+    "score",
+    "transcription",
+    "vision",
+    "messages",
+)
+
+
+class _Model(BaseModel):
+    """Frozen, camelCase on the wire, snake_case in Python; unknown fields are errors."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+    )
+
+
+class HealthCheck(_Model):
+    timeout_seconds: int = Field(default=5, ge=1)
+    period_seconds: int = Field(default=10, ge=1)
+    success_threshold: int = Field(default=1, ge=1)
+    failure_threshold: int = Field(default=3, ge=1)
+
+
+class ObjectReference(_Model):
+    """The fields of core/v1 ObjectReference, as the original API used it."""
+
+    api_version: str | None = None
+    kind: str | None = None
+    name: str | None = None
+    namespace: str | None = None
+    uid: str | None = None
+    resource_version: str | None = None
+    field_path: str | None = None
+
+
+class LabelSelectorRequirement(_Model):
+    key: str
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] | None = None
+
+
+class LabelSelector(_Model):
+    match_labels: dict[str, str] | None = None
+    match_expressions: list[LabelSelectorRequirement] | None = None
+
+
+class StaticRouteSpec(_Model):
+    # The original controller's seven fields: names, types and defaults kept.
+    service_discovery: ServiceDiscovery = "static"
+    routing_logic: RoutingLogic = "roundrobin"
+    static_backends: str | None = None
+    static_models: str | None = None
+    router_ref: ObjectReference | None = None
+    health_check: HealthCheck | None = None
+    config_map_name: str | None = None
+    # Extensions.
+    router_selector: LabelSelector | None = None
+    static_aliases: str | None = None
+    static_model_labels: str | None = None
+    static_model_types: str | None = None
+    static_backend_health_checks: bool | None = None
+    static_backend_health_check_interval: int | None = Field(default=None, ge=1)
+    static_backend_health_check_timeout_seconds: int | None = Field(default=None, ge=1)
+    prefill_model_labels: str | None = None
+    decode_model_labels: str | None = None
+    k8s_port: int | None = Field(default=None, ge=1, le=65535)
+    k8s_namespace: str | None = None
+    k8s_label_selector: str | None = None
+    session_key: str | None = None
+
+
+class Condition(_Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str
+    observed_generation: int | None = None
+    last_transition_time: str
+
+
+class RouterStatus(_Model):
+    address: str
+    healthy: bool
+    config_synced: bool
+    last_probe_time: str | None = None
+    message: str = ""
+
+
+class StaticRouteStatus(_Model):
+    config_map_ref: str | None = None
+    last_applied_time: str | None = None
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    routers: list[RouterStatus] | None = None
+
+
+def config_map_name(name: str, spec: StaticRouteSpec) -> str:
+    """The ConfigMap a StaticRoute writes: ``spec.configMapName`` or ``<name>-config``."""
+    return spec.config_map_name or f"{name}-config"

@@ -1,0 +1,151 @@
+"""N worker coroutines: key -> reconcile -> outcome -> queue, metrics and logs.
+
+The fixed outcome table of controller-runtime:
+
+==================  ===========================================  ==================
+reconcile returns   queue                                        reconcile_total
+==================  ===========================================  ==================
+Result()            forget (reset backoff)                       success
+requeue_after=s     forget, add_after(s)                         requeue_after
+TerminalError       forget, no retry                             error (+terminal)
+any other error     add_rate_limited (5 ms doubling, <= 1000 s)  error
+==================  ===========================================  ==================
+
+Every log line of a reconcile carries ``controller``, ``namespace``, ``name`` and
+``reconcileID`` (bound with structlog's contextvars).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from router_controller.metrics import Metrics
+from router_controller.reconciler import Result
+from router_controller.workqueue import ShutDown, WorkQueue
+
+Key = tuple[str, str]
+Reconcile = Callable[[str, str], Awaitable[Result]]
+
+log = structlog.get_logger("controller")
+
+
+class TerminalError(Exception):
+    """An error that retrying cannot fix; the key waits for the next change."""
+
+
+class PrometheusQueueMetrics:
+    """client-go's workqueue_* metrics for one queue."""
+
+    def __init__(self, metrics: Metrics, name: str) -> None:
+        self._adds = metrics.queue_adds.labels(name, name)
+        self._depth = metrics.queue_depth.labels(name, name)
+        self._latency = metrics.queue_latency.labels(name, name)
+        self._work = metrics.work_duration.labels(name, name)
+        self._retries = metrics.queue_retries.labels(name, name)
+
+    def add(self) -> None:
+        self._adds.inc()
+
+    def depth(self, n: int) -> None:
+        self._depth.set(n)
+
+    def queue_latency(self, seconds: float) -> None:
+        self._latency.observe(seconds)
+
+    def work_duration(self, seconds: float) -> None:
+        self._work.observe(seconds)
+
+    def retry(self) -> None:
+        self._retries.inc()
+
+
+class Controller:
+    """Runs ``workers`` coroutines that reconcile keys from ``queue``."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        queue: WorkQueue[Key],
+        reconcile: Reconcile,
+        workers: int,
+        metrics: Metrics,
+    ) -> None:
+        self.name = name
+        self.queue = queue
+        self._reconcile = reconcile
+        self._workers = workers
+        self._metrics = metrics
+        metrics.init_controller(name, workers)
+        metrics.unfinished_work.labels(name, name).set_function(queue.unfinished_work_seconds)
+        metrics.longest_running.labels(name, name).set_function(
+            queue.longest_running_processor_seconds
+        )
+        self._active = metrics.active_workers.labels(name)
+        self._time = metrics.reconcile_time.labels(name)
+        self._total = {
+            result: metrics.reconcile_total.labels(name, result)
+            for result in ("success", "error", "requeue", "requeue_after")
+        }
+        self._errors = metrics.reconcile_errors.labels(name)
+        self._terminal = metrics.terminal_errors.labels(name)
+
+    async def start(self) -> None:
+        """Run the workers until the queue is shut down and drained."""
+        async with asyncio.TaskGroup() as group:
+            for i in range(self._workers):
+                group.create_task(self._worker(), name=f"{self.name} worker {i}")
+
+    async def _worker(self) -> None:
+        while True:
+            try:
+                key = await self.queue.get()
+            except ShutDown:
+                return
+            self._active.inc()
+            try:
+                await self._process(key)
+            finally:
+                self._active.dec()
+                self.queue.done(key)
+
+    async def _process(self, key: Key) -> None:
+        namespace, name = key
+        structlog.contextvars.bind_contextvars(
+            controller=self.name, namespace=namespace, name=name, reconcileID=str(uuid.uuid4())
+        )
+        started = time.perf_counter()
+        try:
+            result = await self._reconcile(namespace, name)
+        except TerminalError as err:
+            self.queue.forget(key)
+            self._total["error"].inc()
+            self._errors.inc()
+            self._terminal.inc()
+            log.error("reconcile failed, not retrying", error=str(err))
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # every other failure is retried with backoff
+            self.queue.add_rate_limited(key)
+            self._total["error"].inc()
+            self._errors.inc()
+            log.warning(
+                "reconcile failed, will retry",
+                error=f"{type(err).__name__}: {err}",
+                retries=self.queue.num_requeues(key),
+            )
+        else:
+            self.queue.forget(key)
+            if result.requeue_after is not None:
+                self.queue.add_after(key, result.requeue_after)
+                self._total["requeue_after"].inc()
+            else:
+                self._total["success"].inc()
+        finally:
+            self._time.observe(time.perf_counter() - started)
+            structlog.contextvars.clear_contextvars()

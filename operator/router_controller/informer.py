@@ -1,0 +1,216 @@
+"""List + watch of one kind, per namespace or cluster-wide, into an in-memory cache.
+
+This is client-go's reflector and indexer in one small piece. The reconciler reads
+only from these caches, so a steady reconcile makes no GET. Each scope (a namespace,
+or the whole cluster) has one watch task that:
+
+- lists (paginated) and replaces its part of the cache, telling the handler about
+  objects that appeared, changed or vanished while it was not watching;
+- watches from the list's resourceVersion with bookmarks on and a server-side
+  timeout, so the stream is renewed regularly and the resourceVersion keeps moving;
+- on 410 Gone re-lists (and, if even that resourceVersion is gone, falls back to a
+  fresh consistent list);
+- on any other failure waits with jittered exponential backoff and watches again;
+- abandons a stream that has been silent for longer than bookmarks allow (the
+  "silent stall" that leaves many Python operators deaf until restarted).
+
+Events are decoded as plain dicts and ``metadata.managedFields`` is dropped before
+caching: it is often the largest part of an object and nothing here reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import structlog
+
+from router_controller.kube import ApiError, Gone, Kube, Object, Resource
+
+Key = tuple[str, str]
+# (event type: ADDED/MODIFIED/DELETED, the object, the cached object it replaces)
+Handler = Callable[[str, Object, Object | None], None]
+
+log = structlog.get_logger("informer")
+
+
+def key_of(obj: Object) -> Key:
+    meta = obj["metadata"]
+    return (meta.get("namespace", ""), meta["name"])
+
+
+@dataclass(frozen=True, slots=True)
+class WatchTuning:
+    """Timing of the watch loop; tests shorten it."""
+
+    page_size: int = 500
+    server_timeout: tuple[int, int] = (300, 600)  # random in range, like client-go
+    stall_timeout: float = 90.0  # > the server's 60 s bookmark interval
+    backoff_initial: float = 0.8
+    backoff_max: float = 30.0
+
+
+class Informer:
+    """Watches one kind in a set of scopes; serves reads from its cache."""
+
+    def __init__(
+        self,
+        *,
+        kube: Kube,
+        resource: Resource,
+        namespaces: list[str] | None,
+        handler: Handler,
+        label_selector: str | None = None,
+        tuning: WatchTuning | None = None,
+    ) -> None:
+        self.resource = resource
+        self._kube = kube
+        self._scopes: list[str | None] = list(namespaces) if namespaces else [None]
+        self._handler = handler
+        self._selector = label_selector
+        self._tuning = tuning or WatchTuning()
+        self._cache: dict[Key, Object] = {}
+        self._synced_scopes: set[str | None] = set()
+        self.synced = asyncio.Event()
+        self.restarts = 0  # watch streams re-opened for any reason; read by tests
+
+    # -- reads -------------------------------------------------------------------------
+
+    def get(self, namespace: str, name: str) -> Object | None:
+        return self._cache.get((namespace, name))
+
+    def items(self, namespace: str | None = None) -> Iterator[Object]:
+        for (ns, _), obj in list(self._cache.items()):
+            if namespace is None or ns == namespace:
+                yield obj
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    @property
+    def scopes(self) -> list[str | None]:
+        return list(self._scopes)
+
+    # -- running -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Run one watch task per scope until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            for scope in self._scopes:
+                group.create_task(
+                    self._run_scope(scope),
+                    name=f"watch {self.resource.plural} in {scope or 'all namespaces'}",
+                )
+
+    async def _run_scope(self, scope: str | None) -> None:
+        bound = log.bind(resource=self.resource.plural, scope=scope or "*")
+        resource_version = ""
+        relist = True
+        delay = self._tuning.backoff_initial
+        while True:
+            try:
+                if relist:
+                    try:
+                        resource_version = await self._list(scope, resource_version)
+                    except Gone:
+                        resource_version = await self._list(scope, "")
+                    relist = False
+                    self._mark_synced(scope)
+                resource_version = await self._watch(scope, resource_version)
+                delay = self._tuning.backoff_initial
+            except Gone:
+                bound.info("watch expired, re-listing", resourceVersion=resource_version)
+                relist = True
+            except (ApiError, aiohttp.ClientError, TimeoutError, OSError, ValueError) as err:
+                bound.warning("watch failed, retrying", error=str(err), retry_in=round(delay, 2))
+                await asyncio.sleep(delay * random.uniform(1.0, 1.5))  # noqa: S311 - jitter
+                delay = min(delay * 2, self._tuning.backoff_max)
+            self.restarts += 1
+
+    def _mark_synced(self, scope: str | None) -> None:
+        self._synced_scopes.add(scope)
+        if len(self._synced_scopes) == len(self._scopes):
+            self.synced.set()
+
+    def _in_scope(self, key: Key, scope: str | None) -> bool:
+        return scope is None or key[0] == scope
+
+    async def _list(self, scope: str | None, resource_version: str) -> str:
+        """Replace this scope's part of the cache with a fresh list; return its resourceVersion."""
+        fresh: dict[Key, Object] = {}
+        params: dict[str, str] = {"limit": str(self._tuning.page_size)}
+        if self._selector:
+            params["labelSelector"] = self._selector
+        if resource_version:
+            params["resourceVersion"] = resource_version
+            params["resourceVersionMatch"] = "NotOlderThan"
+        list_version = ""
+        while True:
+            page = await self._kube.get(self.resource.path(scope), **params)
+            for item in page.get("items", []):
+                _slim(item)
+                fresh[key_of(item)] = item
+            meta = page.get("metadata", {})
+            list_version = meta.get("resourceVersion", list_version)
+            token = meta.get("continue")
+            if not token:
+                break
+            params = {"limit": str(self._tuning.page_size), "continue": token}
+            if self._selector:
+                params["labelSelector"] = self._selector
+        gone = [k for k in self._cache if self._in_scope(k, scope) and k not in fresh]
+        for key in gone:
+            old = self._cache.pop(key)
+            self._handler("DELETED", old, old)
+        for key, obj in fresh.items():
+            old = self._cache.get(key)
+            self._cache[key] = obj
+            if old is None:
+                self._handler("ADDED", obj, None)
+            elif old["metadata"].get("resourceVersion") != obj["metadata"].get("resourceVersion"):
+                self._handler("MODIFIED", obj, old)
+        return list_version
+
+    async def _watch(self, scope: str | None, resource_version: str) -> str:
+        low, high = self._tuning.server_timeout
+        params = {
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(random.randint(low, high)),  # noqa: S311 - spreading only
+        }
+        if self._selector:
+            params["labelSelector"] = self._selector
+        async for event in self._kube.watch(
+            self.resource.path(scope), params=params, stall_timeout=self._tuning.stall_timeout
+        ):
+            kind = event.get("type")
+            obj = event.get("object") or {}
+            if kind == "ERROR":
+                code = obj.get("code", 0)
+                if code == 410:
+                    raise Gone(410, obj.get("reason", "Expired"), obj.get("message", ""), "WATCH", "")
+                raise ApiError(code, obj.get("reason", ""), obj.get("message", ""), "WATCH", "")
+            version = obj.get("metadata", {}).get("resourceVersion")
+            if version:
+                resource_version = version
+            if kind == "BOOKMARK":
+                continue
+            _slim(obj)
+            key = key_of(obj)
+            old = self._cache.get(key)
+            if kind == "DELETED":
+                self._cache.pop(key, None)
+                self._handler("DELETED", obj, old)
+            else:
+                self._cache[key] = obj
+                self._handler(kind or "MODIFIED", obj, old)
+        return resource_version
+
+
+def _slim(obj: Object) -> None:
+    meta: dict[str, Any] = obj.get("metadata", {})
+    meta.pop("managedFields", None)

@@ -1,0 +1,288 @@
+"""A thin asynchronous Kubernetes REST client that speaks raw JSON.
+
+kubernetes-asyncio does the hard, security-relevant part: finding and loading the
+configuration (in-cluster service account with token refresh, kubeconfig with
+certificates, tokens and exec plugins). Requests then go through one shared
+``aiohttp.ClientSession`` as plain JSON dictionaries: the watch stream and the
+reconcile path are the operator's hot path, and building generated model objects
+for every event would cost more CPU and memory than the operator's own logic.
+
+API errors become typed exceptions (:class:`NotFound`, :class:`Conflict`,
+:class:`Gone`, :class:`Forbidden`, ...) carrying the server's Status message, and
+every request is counted in ``rest_client_requests_total{code,method,host}``.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from kubernetes_asyncio import config as kube_config
+from kubernetes_asyncio.client import Configuration
+
+from router_controller.metrics import Metrics
+
+Object = dict[str, Any]
+
+JSON = "application/json"
+MERGE_PATCH = "application/merge-patch+json"
+
+
+class ApiError(Exception):
+    """The API server answered with an error Status."""
+
+    def __init__(self, status: int, reason: str, message: str, method: str, path: str) -> None:
+        super().__init__(f"{method} {path}: {status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class NotFound(ApiError):
+    pass
+
+
+class Conflict(ApiError):
+    """409: a stale resourceVersion, or (reason AlreadyExists) a create of an existing name."""
+
+    @property
+    def already_exists(self) -> bool:
+        return self.reason == "AlreadyExists"
+
+
+class Gone(ApiError):
+    """410: the resourceVersion asked for is older than what the server keeps."""
+
+
+class Forbidden(ApiError):
+    pass
+
+
+class Unauthorized(ApiError):
+    pass
+
+
+_ERRORS: dict[int, type[ApiError]] = {
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    410: Gone,
+}
+
+
+def error_from_status(status: int, body: Any, method: str, path: str) -> ApiError:
+    reason, message = "", ""
+    if isinstance(body, dict):
+        reason = str(body.get("reason", ""))
+        message = str(body.get("message", ""))
+    elif body:
+        message = str(body)[:500]
+    return _ERRORS.get(status, ApiError)(status, reason, message, method, path)
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """Where a kind lives in the REST API."""
+
+    group: str
+    version: str
+    plural: str
+
+    def path(self, namespace: str | None = None, name: str | None = None, sub: str = "") -> str:
+        base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
+        if namespace is not None:
+            base += f"/namespaces/{namespace}"
+        base += f"/{self.plural}"
+        if name is not None:
+            base += f"/{name}"
+        if sub:
+            base += f"/{sub}"
+        return base
+
+
+CONFIGMAPS = Resource("", "v1", "configmaps")
+EVENTS = Resource("", "v1", "events")
+SERVICES = Resource("", "v1", "services")
+ENDPOINTSLICES = Resource("discovery.k8s.io", "v1", "endpointslices")
+LEASES = Resource("coordination.k8s.io", "v1", "leases")
+
+
+async def load_configuration(kubeconfig: str | None) -> Configuration:
+    """In-cluster config when running in a Pod and no kubeconfig is given, else kubeconfig.
+
+    The same order as client-go: ``--kubeconfig``, then in-cluster, then ``$KUBECONFIG``
+    / ``~/.kube/config``.
+    """
+    configuration = Configuration()
+    if kubeconfig:
+        await kube_config.load_kube_config(
+            config_file=kubeconfig, client_configuration=configuration
+        )
+        return configuration
+    try:
+        kube_config.load_incluster_config(client_configuration=configuration)
+    except kube_config.ConfigException:
+        await kube_config.load_kube_config(client_configuration=configuration)
+    return configuration
+
+
+def _ssl_context(configuration: Configuration) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
+    if configuration.cert_file:
+        context.load_cert_chain(configuration.cert_file, configuration.key_file)
+    if not configuration.verify_ssl:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class Kube:
+    """Raw-JSON access to one API server over one aiohttp session."""
+
+    def __init__(
+        self,
+        *,
+        configuration: Configuration,
+        metrics: Metrics,
+        user_agent: str = "router-controller",
+        connections: int = 64,
+    ) -> None:
+        self._configuration = configuration
+        self._base = configuration.host.rstrip("/")
+        self._host = urlsplit(self._base).netloc
+        self._metrics = metrics
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                ssl=_ssl_context(configuration), limit=connections, enable_cleanup_closed=True
+            ),
+            headers={"User-Agent": user_agent, "Accept": JSON},
+            json_serialize=json.dumps,
+        )
+
+    @classmethod
+    async def connect(cls, *, kubeconfig: str | None, metrics: Metrics) -> Kube:
+        return cls(configuration=await load_configuration(kubeconfig), metrics=metrics)
+
+    @property
+    def host(self) -> str:
+        return self._base
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def _headers(self, content_type: str | None) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        token = await self._configuration.get_api_key_with_prefix("authorization")
+        if token:
+            headers["Authorization"] = token
+        if content_type:
+            headers["Content-Type"] = content_type
+        return headers
+
+    def _count(self, code: int | str, method: str) -> None:
+        self._metrics.rest_requests.labels(str(code), method, self._host).inc()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str = JSON,
+        timeout: float = 30.0,
+    ) -> Object:
+        """Send one request; return the decoded JSON body or raise an :class:`ApiError`."""
+        data = None if body is None else json.dumps(body, separators=(",", ":"))
+        try:
+            async with self._session.request(
+                method,
+                self._base + path,
+                params=params,
+                data=data,
+                headers=await self._headers(content_type if data is not None else None),
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as response:
+                raw = await response.read()
+                self._count(response.status, method)
+        except (aiohttp.ClientError, TimeoutError):
+            self._count("<error>", method)
+            raise
+        try:
+            decoded: Any = json.loads(raw) if raw else {}
+        except ValueError:
+            decoded = raw.decode(errors="replace")
+        if response.status >= 400:
+            raise error_from_status(response.status, decoded, method, path)
+        if not isinstance(decoded, dict):
+            raise ApiError(response.status, "BadResponse", "not a JSON object", method, path)
+        return decoded
+
+    async def get(self, path: str, **params: str) -> Object:
+        return await self.request("GET", path, params=params or None)
+
+    async def create(self, path: str, body: Object) -> Object:
+        return await self.request("POST", path, body=body)
+
+    async def replace(self, path: str, body: Object) -> Object:
+        return await self.request("PUT", path, body=body)
+
+    async def merge_patch(self, path: str, body: Object) -> Object:
+        return await self.request("PATCH", path, body=body, content_type=MERGE_PATCH)
+
+    async def delete(self, path: str, body: Object | None = None) -> Object:
+        return await self.request("DELETE", path, body=body)
+
+    async def watch(
+        self, path: str, *, params: Mapping[str, str], stall_timeout: float
+    ) -> AsyncIterator[Object]:
+        """Yield the events of a watch stream as raw dicts.
+
+        ``stall_timeout`` bounds the silence between two lines: the server sends a
+        bookmark at least every minute when asked for them, so a longer silence means a
+        dead connection that TCP has not noticed, and the stream is abandoned
+        (``TimeoutError``) so that the caller re-watches.
+        """
+        query = {**params, "watch": "1"}
+        try:
+            async with self._session.get(
+                self._base + path,
+                params=query,
+                headers=await self._headers(None),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=stall_timeout),
+            ) as response:
+                self._count(response.status, "WATCH")
+                if response.status >= 400:
+                    raw = await response.read()
+                    try:
+                        decoded: Any = json.loads(raw)
+                    except ValueError:
+                        decoded = raw.decode(errors="replace")
+                    raise error_from_status(response.status, decoded, "WATCH", path)
+                async for line in _lines(response.content):
+                    yield json.loads(line)
+        except (aiohttp.ClientError, TimeoutError):
+            self._count("<error>", "WATCH")
+            raise
+
+
+async def _lines(stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """Newline-delimited JSON lines, however long (readline() caps a line's length)."""
+    buffer = b""
+    async for chunk in stream.iter_any():
+        buffer += chunk
+        while True:
+            end = buffer.find(b"\n")
+            if end < 0:
+                break
+            line, buffer = buffer[:end], buffer[end + 1 :]
+            if line.strip():
+                yield line
+    if buffer.strip():
+        yield buffer

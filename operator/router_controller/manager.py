@@ -1,0 +1,226 @@
+"""Builds every part of the operator and runs them, in order, until told to stop.
+
+Order of start: HTTP endpoints (so probes answer at once), then leader election;
+once elected, the informers, the workers and the probe scheduler. Order of a
+graceful stop (SIGTERM): stop watches and probes, let in-flight reconciles finish
+within ``--shutdown-timeout``, release the lease, close the HTTP endpoints and the
+API session. A lost lease skips all of that: every task is cancelled at once so no
+further write can happen, and the process exits non-zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from router_controller.controller import Controller, PrometheusQueueMetrics
+from router_controller.events import EventRecorder
+from router_controller.health import Prober
+from router_controller.informer import Informer, WatchTuning
+from router_controller.kube import CONFIGMAPS, ENDPOINTSLICES, SERVICES, Kube, Object
+from router_controller.leader import LeaderElector
+from router_controller.metrics import Metrics
+from router_controller.reconciler import STATICROUTES, StaticRouteReconciler, controller_of
+from router_controller.api import KIND, MANAGED_BY_LABEL, MANAGED_BY_VALUE
+from router_controller.server import Checks, Servers
+from router_controller.settings import Settings
+from router_controller.workqueue import WorkQueue
+
+CONTROLLER = "staticroute"
+_SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+log = structlog.get_logger("manager")
+
+Key = tuple[str, str]
+
+
+def identity() -> str:
+    """Hostname plus a random suffix, as controller-runtime names lease holders."""
+    return f"{socket.gethostname()}_{uuid.uuid4()}"
+
+
+def lease_namespace(settings: Settings) -> str:
+    if settings.leader_election.lease_namespace:
+        return settings.leader_election.lease_namespace
+    if os.environ.get("POD_NAMESPACE"):
+        return os.environ["POD_NAMESPACE"]
+    with contextlib.suppress(OSError):
+        return _SA_NAMESPACE.read_text().strip()
+    return "default"
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+@dataclass
+class Manager:
+    """One operator process: its endpoints, election, caches, workers and probes."""
+
+    settings: Settings
+    kube: Kube
+    metrics: Metrics
+    tuning: WatchTuning = field(default_factory=WatchTuning)
+    identity: str = field(default_factory=identity)
+
+    def __post_init__(self) -> None:
+        namespaces = list(self.settings.namespaces) or None
+        self.queue: WorkQueue[Key] = WorkQueue(
+            name=CONTROLLER, metrics=PrometheusQueueMetrics(self.metrics, CONTROLLER)
+        )
+        self.routes = Informer(
+            kube=self.kube, resource=STATICROUTES, namespaces=namespaces,
+            handler=self._on_route, tuning=self.tuning,
+        )  # fmt: skip
+        self.configmaps = Informer(
+            kube=self.kube, resource=CONFIGMAPS, namespaces=namespaces,
+            handler=self._on_configmap, tuning=self.tuning,
+            label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}",
+        )  # fmt: skip
+        self.services = Informer(
+            kube=self.kube, resource=SERVICES, namespaces=namespaces,
+            handler=self._on_service, tuning=self.tuning,
+        )  # fmt: skip
+        self.endpointslices = Informer(
+            kube=self.kube, resource=ENDPOINTSLICES, namespaces=namespaces,
+            handler=self._on_endpointslice, tuning=self.tuning,
+        )  # fmt: skip
+        self.recorder = EventRecorder(kube=self.kube, identity=self.identity, now=_utcnow)
+        self.prober = Prober(
+            services=self.services,
+            endpointslices=self.endpointslices,
+            metrics=self.metrics,
+            enqueue=self.queue.add,
+            concurrency=self.settings.probe_concurrency,
+            allow_cross_namespace=self.settings.allow_cross_namespace_router_ref,
+        )
+        self.reconciler = StaticRouteReconciler(
+            kube=self.kube, routes=self.routes, configmaps=self.configmaps,
+            recorder=self.recorder, now=_utcnow, health=self.prober,
+        )  # fmt: skip
+        self.controller = Controller(
+            name=CONTROLLER, queue=self.queue, reconcile=self.reconciler.reconcile,
+            workers=self.settings.max_concurrent_reconciles, metrics=self.metrics,
+        )  # fmt: skip
+        self.elector: LeaderElector | None = None
+        if self.settings.leader_election.enabled:
+            self.elector = LeaderElector(
+                kube=self.kube, settings=self.settings.leader_election,
+                namespace=lease_namespace(self.settings), identity=self.identity,
+                metrics=self.metrics,
+            )  # fmt: skip
+        self.running = asyncio.Event()
+        self.servers = Servers(
+            settings=self.settings.serving,
+            metrics=self.metrics,
+            checks=Checks(
+                health={"ping": lambda: True},
+                ready={"informers": self._ready},
+            ),
+            kube=self.kube,
+        )
+
+    # -- event mapping -----------------------------------------------------------------
+
+    def _on_route(self, _kind: str, obj: Object, _old: Object | None) -> None:
+        meta = obj["metadata"]
+        self.queue.add((meta["namespace"], meta["name"]))
+
+    def _on_configmap(self, kind: str, obj: Object, _old: Object | None) -> None:
+        meta = obj["metadata"]
+        owner = controller_of(obj)
+        if owner is not None and owner.get("kind") == KIND:
+            self.queue.add((meta["namespace"], owner["name"]))
+        if kind == "DELETED":  # a StaticRoute refused this name may take it now
+            for route in self.routes.items(meta["namespace"]):
+                spec: dict[str, Any] = route.get("spec") or {}
+                wanted = spec.get("configMapName") or f"{route['metadata']['name']}-config"
+                if wanted == meta["name"]:
+                    self.queue.add((meta["namespace"], route["metadata"]["name"]))
+
+    def _on_service(self, _kind: str, obj: Object, old: Object | None) -> None:
+        keys = set(self.prober.routes_for(obj, endpointslice=False))
+        if old is not None:  # labels may have changed: routes selecting the old labels too
+            keys.update(self.prober.routes_for(old, endpointslice=False))
+        for key in keys:
+            self.queue.add(key)
+
+    def _on_endpointslice(self, _kind: str, obj: Object, _old: Object | None) -> None:
+        for key in self.prober.routes_for(obj, endpointslice=True):
+            self.queue.add(key)
+
+    def _ready(self) -> bool:
+        if self.elector is not None and not self.elector.elected.is_set():
+            return self.running.is_set()  # a standby is ready when it is running
+        return all(
+            i.synced.is_set()
+            for i in (self.routes, self.configmaps, self.services, self.endpointslices)
+        )
+
+    # -- running -----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Run until ``stop`` is set (exit 0) or the lease is lost (exit 1)."""
+        await self.servers.start()
+        self.running.set()
+        try:
+            return await self._run(stop)
+        finally:
+            await self.servers.stop()
+            await self.prober.close()
+
+    async def _run(self, stop: asyncio.Event) -> int:
+        async with asyncio.TaskGroup() as group:
+            stopping = group.create_task(stop.wait(), name="wait for stop")
+            election: asyncio.Task[None] | None = None
+            if self.elector is not None:
+                election = group.create_task(self.elector.run(), name="leader election")
+                elected = group.create_task(self.elector.elected.wait(), name="wait for election")
+                await asyncio.wait({stopping, elected}, return_when=asyncio.FIRST_COMPLETED)
+                if stopping.done():
+                    elected.cancel()
+                    election.cancel()
+                    return 0
+            log.info("starting workers", namespaces=list(self.settings.namespaces) or "all",
+                     workers=self.settings.max_concurrent_reconciles)  # fmt: skip
+            watches = [
+                group.create_task(informer.start(), name=f"informer {informer.resource.plural}")
+                for informer in (self.routes, self.configmaps, self.services, self.endpointslices)
+            ]
+            workers = group.create_task(self.controller.start(), name="workers")
+            probes = group.create_task(self.prober.start(), name="probes")
+            lost = group.create_task(
+                self.elector.lost.wait() if self.elector else asyncio.Event().wait(),
+                name="wait for lost lease",
+            )
+            await asyncio.wait({stopping, lost}, return_when=asyncio.FIRST_COMPLETED)
+            if lost.done():
+                log.error("leader lease lost: stopping all writes and exiting")
+                for task in (*watches, workers, probes, stopping):
+                    task.cancel()
+                return 1
+            lost.cancel()
+            log.info("shutting down", timeout=self.settings.shutdown_timeout)
+            for task in (*watches, probes):
+                task.cancel()
+            drained = await self.queue.shutdown(self.settings.shutdown_timeout)
+            if not drained:
+                log.warning("in-flight reconciles did not finish in time")
+            workers.cancel()
+            if self.elector is not None and election is not None:
+                election.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await election
+                await asyncio.shield(self.elector.release())
+        return 0
+
+

@@ -1,0 +1,183 @@
+"""Prometheus metrics under controller-runtime's and client-go's names.
+
+Users run this operator next to Go operators and already have dashboards and
+alerts on ``controller_runtime_*``, ``workqueue_*``, ``rest_client_requests_total``
+and ``leader_election_master_status``; the names, labels and buckets here are the
+ones controller-runtime registers, so those keep working. Router probe metrics are
+our own (``router_controller_probe_*``), with label sets bounded by the number of
+StaticRoutes, never by endpoints.
+
+One :class:`Metrics` object owns one registry; it is passed in wherever something
+is counted, so tests get a fresh one each.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+# controller-runtime's reconcile_time_seconds buckets.
+_RECONCILE_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7,
+    0.8, 0.9, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5, 6, 7, 8, 9, 10, 15,
+    20, 25, 30, 40, 50, 60,
+)  # fmt: skip
+# client-go workqueue buckets: ExponentialBuckets(10e-9, 10, 12).
+_QUEUE_BUCKETS = tuple(10e-9 * 10**i for i in range(12))
+_PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+RESULTS = ("success", "error", "requeue", "requeue_after")
+
+
+class Metrics:
+    """Every metric the operator exports, registered on one registry."""
+
+    def __init__(self, *, registry: CollectorRegistry | None = None, process: bool = True) -> None:
+        self.registry = registry or CollectorRegistry()
+        if process:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+        r = self.registry
+        self.reconcile_total = Counter(
+            "controller_runtime_reconcile_total",
+            "Total number of reconciliations per controller",
+            ["controller", "result"],
+            registry=r,
+        )
+        self.reconcile_errors = Counter(
+            "controller_runtime_reconcile_errors_total",
+            "Total number of reconciliation errors per controller",
+            ["controller"],
+            registry=r,
+        )
+        self.terminal_errors = Counter(
+            "controller_runtime_terminal_reconcile_errors_total",
+            "Total number of terminal reconciliation errors per controller",
+            ["controller"],
+            registry=r,
+        )
+        self.reconcile_time = Histogram(
+            "controller_runtime_reconcile_time_seconds",
+            "Length of time per reconciliation per controller",
+            ["controller"],
+            buckets=_RECONCILE_BUCKETS,
+            registry=r,
+        )
+        self.max_concurrent = Gauge(
+            "controller_runtime_max_concurrent_reconciles",
+            "Maximum number of concurrent reconciles per controller",
+            ["controller"],
+            registry=r,
+        )
+        self.active_workers = Gauge(
+            "controller_runtime_active_workers",
+            "Number of currently used workers per controller",
+            ["controller"],
+            registry=r,
+        )
+        labels = ["name", "controller"]
+        self.queue_depth = Gauge(
+            "workqueue_depth", "Current depth of workqueue", labels, registry=r
+        )
+        self.queue_adds = Counter(
+            "workqueue_adds", "Total number of adds handled by workqueue", labels, registry=r
+        )
+        self.queue_latency = Histogram(
+            "workqueue_queue_duration_seconds",
+            "How long in seconds an item stays in workqueue before being requested",
+            labels,
+            buckets=_QUEUE_BUCKETS,
+            registry=r,
+        )
+        self.work_duration = Histogram(
+            "workqueue_work_duration_seconds",
+            "How long in seconds processing an item from workqueue takes",
+            labels,
+            buckets=_QUEUE_BUCKETS,
+            registry=r,
+        )
+        self.unfinished_work = Gauge(
+            "workqueue_unfinished_work_seconds",
+            "How many seconds of work has been done that is in progress and hasn't been "
+            "observed by work_duration. Large values indicate stuck threads.",
+            labels,
+            registry=r,
+        )
+        self.longest_running = Gauge(
+            "workqueue_longest_running_processor_seconds",
+            "How many seconds has the longest running processor for workqueue been running.",
+            labels,
+            registry=r,
+        )
+        self.queue_retries = Counter(
+            "workqueue_retries", "Total number of retries handled by workqueue", labels, registry=r
+        )
+        self.leader = Gauge(
+            "leader_election_master_status",
+            "Gauge of if the reporting system is master of the relevant lease, 0 indicates "
+            "backup, 1 indicates master. 'name' is the string used to identify the lease.",
+            ["name"],
+            registry=r,
+        )
+        self.rest_requests = Counter(
+            "rest_client_requests",
+            "Number of HTTP requests, partitioned by status code, method, and host.",
+            ["code", "method", "host"],
+            registry=r,
+        )
+        self.probe_total = Counter(
+            "router_controller_probe",
+            "Router /health probes per StaticRoute and result (healthy, unhealthy, stale)",
+            ["namespace", "staticroute", "result"],
+            registry=r,
+        )
+        self.probe_duration = Histogram(
+            "router_controller_probe_duration_seconds",
+            "Router /health probe latency per StaticRoute",
+            ["namespace", "staticroute"],
+            buckets=_PROBE_BUCKETS,
+            registry=r,
+        )
+        self.routers_unhealthy = Gauge(
+            "router_controller_routers_unhealthy",
+            "Router endpoints currently unhealthy per StaticRoute",
+            ["namespace", "staticroute"],
+            registry=r,
+        )
+
+    def init_controller(self, controller: str, workers: int) -> None:
+        """Create every series of a controller at 0, as controller-runtime does."""
+        for result in RESULTS:
+            self.reconcile_total.labels(controller, result)
+        self.reconcile_errors.labels(controller)
+        self.terminal_errors.labels(controller)
+        self.max_concurrent.labels(controller).set(workers)
+        self.active_workers.labels(controller).set(0)
+        for metric in (
+            self.queue_depth,
+            self.queue_adds,
+            self.unfinished_work,
+            self.longest_running,
+            self.queue_retries,
+        ):
+            metric.labels(controller, controller)
+
+    def forget_staticroute(self, namespace: str, name: str) -> None:
+        """Drop the probe series of a deleted StaticRoute so label sets stay bounded."""
+        for result in ("healthy", "unhealthy", "stale"):
+            _remove(self.probe_total, namespace, name, result)
+        _remove(self.probe_duration, namespace, name)
+        _remove(self.routers_unhealthy, namespace, name)
+
+
+def _remove(metric: Counter | Gauge | Histogram, *labels: str) -> None:
+    try:
+        metric.remove(*labels)
+    except KeyError:
+        return

@@ -1,0 +1,374 @@
+"""The StaticRoute reconcile: spec -> ConfigMap, then status and events.
+
+A reconcile takes a key and works from the current state in the informer caches,
+never from the event that caused it, so it can be repeated at any time with the same
+result. It:
+
+1. validates the spec with the router's own rules (an invalid spec leaves the last
+   good ConfigMap in place and says on the status what to change);
+2. writes the ConfigMap only when its bytes differ from what the spec renders to,
+   with a controller owner reference (garbage collected with the StaticRoute) and the
+   ``managed-by`` label; a ConfigMap of that name that is not ours is never modified
+   or adopted (``ConfigMapConflict``); an owned ConfigMap left behind by a change of
+   ``configMapName`` is deleted;
+3. writes status through the status subresource only when it changed, with
+   optimistic concurrency, retrying from fresh state on 409.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pydantic
+import structlog
+
+from router_controller import conditions as cond
+from router_controller.api import (
+    API_VERSION,
+    CONFIG_KEY,
+    KIND,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    PLURAL,
+    GROUP,
+    VERSION,
+    StaticRouteSpec,
+    config_map_name,
+)
+from router_controller.events import EventRecorder
+from router_controller.informer import Informer
+from router_controller.kube import CONFIGMAPS, Conflict, Kube, NotFound, Object, Resource
+from router_controller.routerconfig import InvalidSpecError, RenderedConfig, render
+
+STATICROUTES = Resource(GROUP, VERSION, PLURAL)
+CONFLICT_RECHECK_SECONDS = 60.0
+_STATUS_RETRIES = 3
+
+log = structlog.get_logger("reconciler")
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What the controller does next with the key."""
+
+    requeue_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RouterReport:
+    """What the probes know about a StaticRoute's routers, for its status."""
+
+    conditions: list[dict[str, Any]]  # RouterHealthy, RouterConfigSynced (no timestamps)
+    routers: list[dict[str, Any]]
+    ready: bool
+
+
+class RouterHealth(Protocol):
+    """The probe scheduler as the reconciler sees it."""
+
+    def sync(
+        self, route: Object, spec: StaticRouteSpec, expected: dict[str, Any] | None
+    ) -> RouterReport | None: ...
+
+    def forget(self, namespace: str, name: str) -> None: ...
+
+
+def owned_by(obj: Object, uid: str) -> bool:
+    for ref in obj.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("uid") == uid:
+            return True
+    return False
+
+
+def controller_of(obj: Object) -> dict[str, Any] | None:
+    for ref in obj.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return dict(ref)
+    return None
+
+
+class StaticRouteReconciler:
+    """Reconciles one StaticRoute key at a time (the controller guarantees exclusivity)."""
+
+    def __init__(
+        self,
+        *,
+        kube: Kube,
+        routes: Informer,
+        configmaps: Informer,
+        recorder: EventRecorder,
+        now: Callable[[], datetime.datetime],
+        health: RouterHealth | None = None,
+    ) -> None:
+        self._kube = kube
+        self._routes = routes
+        self._configmaps = configmaps
+        self._recorder = recorder
+        self._now = now
+        self._health = health
+
+    async def reconcile(self, namespace: str, name: str) -> Result:
+        route = self._routes.get(namespace, name)
+        if route is None:
+            if self._health is not None:
+                self._health.forget(namespace, name)
+            return Result()
+        if route["metadata"].get("deletionTimestamp"):
+            return Result()
+        return await self._reconcile(route)
+
+    async def _reconcile(self, route: Object) -> Result:
+        meta = route["metadata"]
+        generation = meta.get("generation")
+        try:
+            spec = StaticRouteSpec.model_validate(route.get("spec") or {})
+            rendered = render(spec)
+        except pydantic.ValidationError as err:
+            return await self._invalid(route, _pydantic_message(err), generation)
+        except InvalidSpecError as err:
+            return await self._invalid(route, str(err), generation)
+
+        cm_name = config_map_name(meta["name"], spec)
+        await self._delete_stale(route, cm_name)
+        outcome = await self._apply_configmap(route, cm_name, rendered)
+
+        status: dict[str, Any] = dict(route.get("status") or {})
+        desired: list[dict[str, Any]] = []
+        ready = True
+        reason, message = "Ready", f"ConfigMap {cm_name} holds the current spec"
+        if outcome.conflict:
+            desired.append(
+                cond.condition(
+                    cond.CONFIG_MAP_READY, False, "ConfigMapConflict", outcome.conflict, generation
+                )
+            )
+            ready, reason, message = False, "ConfigMapConflict", outcome.conflict
+        else:
+            desired.append(
+                cond.condition(
+                    cond.CONFIG_MAP_READY, True, "ConfigMapApplied", message, generation
+                )
+            )
+            status["configMapRef"] = cm_name
+            if outcome.changed or not status.get("lastAppliedTime"):
+                status["lastAppliedTime"] = cond.rfc3339(self._now())
+
+        report = None
+        if self._health is not None:
+            report = self._health.sync(route, spec, None if outcome.conflict else rendered.content)
+        if report is not None:
+            desired.extend(report.conditions)
+            status["routers"] = report.routers
+            if ready and not report.ready:
+                failing = [c for c in report.conditions if c["status"] != "True"]
+                ready = False
+                reason, message = failing[0]["reason"], failing[0]["message"]
+        else:
+            status.pop("routers", None)
+        desired.append(cond.condition(cond.READY, ready, reason, message, generation))
+
+        events = _transition_events((route.get("status") or {}).get("conditions"), desired)
+        await self._write_status(route, status, desired, generation)
+        for type_, event_reason, event_message in events:
+            await self._recorder.record(route, type_, event_reason, event_message)
+        if outcome.conflict:
+            return Result(requeue_after=CONFLICT_RECHECK_SECONDS)
+        return Result()
+
+    async def _invalid(self, route: Object, message: str, generation: int | None) -> Result:
+        """Report a spec the router would reject; leave the last good ConfigMap alone."""
+        text = f"invalid spec, ConfigMap left unchanged: {message}"
+        desired = [
+            cond.condition(cond.CONFIG_MAP_READY, False, "InvalidSpec", text, generation),
+            cond.condition(cond.READY, False, "InvalidSpec", text, generation),
+        ]
+        before = (route.get("status") or {}).get("conditions")
+        status = dict(route.get("status") or {})
+        status.pop("routers", None)
+        await self._write_status(route, status, desired, generation)
+        if cond.flipped(before, desired, cond.CONFIG_MAP_READY) or (
+            (cond.find(before, cond.CONFIG_MAP_READY) or {}).get("message") != text
+        ):
+            await self._recorder.record(route, "Warning", "InvalidSpec", message)
+        return Result()
+
+    # -- ConfigMap ---------------------------------------------------------------------
+
+    async def _delete_stale(self, route: Object, keep: str) -> None:
+        """Delete ConfigMaps this StaticRoute owns under another name (configMapName changed)."""
+        meta = route["metadata"]
+        for cm in list(self._configmaps.items(meta["namespace"])):
+            cm_meta = cm["metadata"]
+            if cm_meta["name"] == keep or not owned_by(cm, meta["uid"]):
+                continue
+            path = CONFIGMAPS.path(meta["namespace"], cm_meta["name"])
+            try:
+                await self._kube.delete(
+                    path, {"preconditions": {"uid": cm_meta["uid"]}, "propagationPolicy": "Background"}
+                )
+            except NotFound:
+                continue
+            except Conflict:  # replaced by somebody else meanwhile: not ours to delete
+                continue
+            await self._recorder.record(
+                route, "Normal", "ConfigMapDeleted",
+                f"deleted ConfigMap {cm_meta['name']}: spec.configMapName is now {keep}",
+            )  # fmt: skip
+
+    async def _apply_configmap(
+        self, route: Object, name: str, rendered: RenderedConfig
+    ) -> _Outcome:
+        meta = route["metadata"]
+        namespace = meta["namespace"]
+        existing = self._configmaps.get(namespace, name)
+        if existing is None:
+            try:
+                await self._kube.create(CONFIGMAPS.path(namespace), self._desired_cm(route, name, rendered))
+            except Conflict as err:
+                if not err.already_exists:
+                    raise
+                existing = await self._kube.get(CONFIGMAPS.path(namespace, name))
+            else:
+                await self._recorder.record(
+                    route, "Normal", "ConfigMapCreated", f"created ConfigMap {name}"
+                )
+                return _Outcome(changed=True)
+        if not owned_by(existing, meta["uid"]):
+            return _Outcome(conflict=_conflict_message(namespace, name, existing))
+        same_data = (existing.get("data") or {}).get(CONFIG_KEY) == rendered.data and len(
+            existing.get("data") or {}
+        ) == 1
+        labels = existing["metadata"].get("labels") or {}
+        if same_data and labels.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE and not existing.get(
+            "binaryData"
+        ):
+            return _Outcome()
+        body = self._desired_cm(route, name, rendered)
+        body["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
+        body["metadata"]["labels"] = {**labels, MANAGED_BY_LABEL: MANAGED_BY_VALUE}
+        for keep in ("annotations", "ownerReferences"):
+            if existing["metadata"].get(keep):
+                body["metadata"][keep] = existing["metadata"][keep]
+        await self._kube.replace(CONFIGMAPS.path(namespace, name), body)
+        if not same_data:
+            await self._recorder.record(
+                route, "Normal", "ConfigMapUpdated", f"updated ConfigMap {name} to the current spec"
+            )
+        return _Outcome(changed=not same_data)
+
+    def _desired_cm(self, route: Object, name: str, rendered: RenderedConfig) -> Object:
+        meta = route["metadata"]
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": name,
+                "namespace": meta["namespace"],
+                "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE},
+                "ownerReferences": [
+                    {
+                        "apiVersion": API_VERSION,
+                        "kind": KIND,
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
+            },
+            "data": {CONFIG_KEY: rendered.data},
+        }
+
+    # -- status ------------------------------------------------------------------------
+
+    async def _write_status(
+        self,
+        route: Object,
+        status: dict[str, Any],
+        desired: list[dict[str, Any]],
+        generation: int | None,
+    ) -> None:
+        now = cond.rfc3339(self._now())
+        for attempt in range(_STATUS_RETRIES):
+            current = route.get("status") or {}
+            new = dict(status)
+            new["observedGeneration"] = generation
+            new["conditions"] = cond.merge(current.get("conditions"), desired, now)
+            if _same_status(current, new):
+                return
+            meta = route["metadata"]
+            path = STATICROUTES.path(meta["namespace"], meta["name"], "status")
+            body = {
+                "metadata": {"resourceVersion": meta["resourceVersion"]},
+                "status": {**{k: None for k in current if k not in new}, **new},
+            }
+            try:
+                await self._kube.merge_patch(path, body)
+                return
+            except Conflict:
+                if attempt == _STATUS_RETRIES - 1:
+                    raise
+                route = await self._kube.get(STATICROUTES.path(meta["namespace"], meta["name"]))
+                if route["metadata"].get("generation") != generation:
+                    return  # the spec moved on; the next reconcile writes its status
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    changed: bool = False
+    conflict: str = ""
+
+
+_EVENTS = {
+    # condition type -> (reason of the Event when it turns True, Event type when False)
+    cond.CONFIG_MAP_READY: ("ConfigMapReady", "Warning"),
+    cond.ROUTER_HEALTHY: ("RouterHealthy", "Warning"),
+    cond.ROUTER_CONFIG_SYNCED: ("RouterConfigSynced", "Normal"),
+}
+
+
+def _transition_events(
+    before: list[dict[str, Any]] | None, after: list[dict[str, Any]]
+) -> list[tuple[str, str, str]]:
+    """Events for conditions that flipped to True or False (not to Unknown)."""
+    events = []
+    for type_, (true_reason, false_type) in _EVENTS.items():
+        new = cond.find(after, type_)
+        if new is None or new["status"] == "Unknown" or not cond.flipped(before, after, type_):
+            continue
+        if new["status"] == "True":
+            if type_ == cond.CONFIG_MAP_READY and cond.find(before, type_) is None:
+                continue  # the ConfigMapCreated event already says it
+            events.append(("Normal", true_reason, new["message"]))
+        else:
+            events.append((false_type, new["reason"], new["message"]))
+    return events
+
+
+def _same_status(current: dict[str, Any], new: dict[str, Any]) -> bool:
+    keys = set(current) | set(new)
+    return all(current.get(k) == new.get(k) for k in keys)
+
+
+def _conflict_message(namespace: str, name: str, existing: Object) -> str:
+    owner = controller_of(existing)
+    who = (
+        f"it is controlled by {owner.get('kind')} {owner.get('name')}"
+        if owner
+        else "it was not created by this StaticRoute"
+    )
+    return (
+        f"ConfigMap {namespace}/{name} already exists and {who}; it is left untouched. "
+        "Set spec.configMapName to an unused name, or delete that ConfigMap if it is no longer needed"
+    )
+
+
+def _pydantic_message(err: pydantic.ValidationError) -> str:
+    parts = []
+    for item in err.errors():
+        where = ".".join(str(p) for p in item["loc"])
+        parts.append(f"spec.{where}: {item['msg']}")
+    return "; ".join(parts)
