@@ -47,13 +47,18 @@ MODEL_TYPES = (
 )
 
 
+def _camel(name: str) -> str:
+    """snake_case -> camelCase, keeping "k8s" as Kubernetes writes it (``k8sPort``)."""
+    return to_camel(name).replace("k8S", "k8s")
+
+
 class _Model(BaseModel):
     """Frozen, camelCase on the wire, snake_case in Python; unknown fields are errors."""
 
     model_config = ConfigDict(
         frozen=True,
         extra="forbid",
-        alias_generator=to_camel,
+        alias_generator=_camel,
         populate_by_name=True,
     )
 

@@ -55,48 +55,133 @@ def parser() -> argparse.ArgumentParser:
     )
     add = p.add_argument
     add("--version", action="version", version=f"router-controller {__version__}")
-    add("--kubeconfig", default=None,
-        help="path to a kubeconfig; default: in-cluster config, then $KUBECONFIG, ~/.kube/config")  # fmt: skip
-    add("--namespaces", default=os.environ.get("WATCH_NAMESPACES", ""),
-        help="comma-separated namespaces to watch (env WATCH_NAMESPACES); default: all")  # fmt: skip
-    add("--max-concurrent-reconciles", type=int, default=4,
-        help="reconcile workers (default 4)")  # fmt: skip
-    add("--metrics-bind-address", default="0",
-        help="address of the metrics endpoint, e.g. :8443 (HTTPS) or :8080 (HTTP); 0 disables")  # fmt: skip
-    add("--metrics-secure", type=_bool, default=True, metavar="BOOL",
-        help="serve metrics over HTTPS with TokenReview/SubjectAccessReview auth (default true)")  # fmt: skip
-    add("--metrics-cert-path", default=None,
-        help="folder holding the metrics serving certificate; default: self-signed")  # fmt: skip
+    add(
+        "--kubeconfig",
+        default=None,
+        help="path to a kubeconfig; default: in-cluster config, then $KUBECONFIG, ~/.kube/config",
+    )
+    add(
+        "--namespaces",
+        default=os.environ.get("WATCH_NAMESPACES", ""),
+        help="comma-separated namespaces to watch (env WATCH_NAMESPACES); default: all",
+    )
+    add("--max-concurrent-reconciles", type=int, default=4, help="reconcile workers (default 4)")
+    add(
+        "--metrics-bind-address",
+        default="0",
+        help="address of the metrics endpoint, e.g. :8443 (HTTPS) or :8080 (HTTP); 0 disables",
+    )
+    add(
+        "--metrics-secure",
+        type=_bool,
+        default=True,
+        metavar="BOOL",
+        help="serve metrics over HTTPS with TokenReview/SubjectAccessReview auth (default true)",
+    )
+    add(
+        "--metrics-cert-path",
+        default=None,
+        help="folder holding the metrics serving certificate; default: self-signed",
+    )
     add("--metrics-cert-name", default="tls.crt", help="certificate file name (default tls.crt)")
     add("--metrics-cert-key", default="tls.key", help="key file name (default tls.key)")
-    add("--health-probe-bind-address", default=":8081",
-        help="address of /healthz and /readyz (default :8081); 0 disables")  # fmt: skip
-    add("--enable-http2", type=_bool, default=False, metavar="BOOL",
-        help="accepted for compatibility; HTTP/2 is never served (default false)")  # fmt: skip
-    add("--leader-elect", type=_bool, nargs="?", const=True, default=False, metavar="BOOL",
-        help="elect a leader with a Lease so only one replica writes")  # fmt: skip
-    add("--leader-election-id", default="27bc728d.vllm.ai",
-        help="Lease name (default 27bc728d.vllm.ai, the Go controller's)")  # fmt: skip
-    add("--leader-election-namespace", default=None,
-        help="Lease namespace; default: the Pod's namespace, else default")  # fmt: skip
-    add("--leader-elect-lease-duration", type=_duration, default=15.0, metavar="DURATION",
-        help="how long a lease is valid without renewal (default 15s)")  # fmt: skip
-    add("--leader-elect-renew-deadline", type=_duration, default=10.0, metavar="DURATION",
-        help="how long the leader keeps trying to renew before giving up (default 10s)")  # fmt: skip
-    add("--leader-elect-retry-period", type=_duration, default=2.0, metavar="DURATION",
-        help="time between election attempts (default 2s)")  # fmt: skip
-    add("--allow-cross-namespace-router-ref", type=_bool, nargs="?", const=True, default=False,
-        metavar="BOOL", help="let spec.routerRef name a Service in another namespace")  # fmt: skip
-    add("--probe-concurrency", type=int, default=64,
-        help="router /health probes in flight at once (default 64)")  # fmt: skip
-    add("--shutdown-timeout", type=_duration, default=30.0, metavar="DURATION",
-        help="how long in-flight reconciles may take after SIGTERM (default 30s)")  # fmt: skip
-    add("--zap-log-level", "--log-level", dest="log_level", default="info",
-        choices=["debug", "info", "warning", "error"], help="log level (default info)")  # fmt: skip
-    add("--zap-encoder", "--log-format", dest="log_format", default="json",
-        choices=["json", "console"], help="log format (default json)")  # fmt: skip
-    add("--zap-devel", action="store_const", const="console", dest="log_format",
-        help="console logs (same as --zap-encoder=console)")  # fmt: skip
+    add(
+        "--health-probe-bind-address",
+        default=":8081",
+        help="address of /healthz and /readyz (default :8081); 0 disables",
+    )
+    add(
+        "--enable-http2",
+        type=_bool,
+        default=False,
+        metavar="BOOL",
+        help="accepted for compatibility; HTTP/2 is never served (default false)",
+    )
+    add(
+        "--leader-elect",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BOOL",
+        help="elect a leader with a Lease so only one replica writes",
+    )
+    add(
+        "--leader-election-id",
+        default="27bc728d.vllm.ai",
+        help="Lease name (default 27bc728d.vllm.ai, the Go controller's)",
+    )
+    add(
+        "--leader-election-namespace",
+        default=None,
+        help="Lease namespace; default: the Pod's namespace, else default",
+    )
+    add(
+        "--leader-elect-lease-duration",
+        type=_duration,
+        default=15.0,
+        metavar="DURATION",
+        help="how long a lease is valid without renewal (default 15s)",
+    )
+    add(
+        "--leader-elect-renew-deadline",
+        type=_duration,
+        default=10.0,
+        metavar="DURATION",
+        help="how long the leader keeps trying to renew before giving up (default 10s)",
+    )
+    add(
+        "--leader-elect-retry-period",
+        type=_duration,
+        default=2.0,
+        metavar="DURATION",
+        help="time between election attempts (default 2s)",
+    )
+    add(
+        "--allow-cross-namespace-router-ref",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BOOL",
+        help="let spec.routerRef name a Service in another namespace",
+    )
+    add(
+        "--probe-concurrency",
+        type=int,
+        default=64,
+        help="router /health probes in flight at once (default 64)",
+    )
+    add(
+        "--shutdown-timeout",
+        type=_duration,
+        default=30.0,
+        metavar="DURATION",
+        help="how long in-flight reconciles may take after SIGTERM (default 30s)",
+    )
+    add(
+        "--zap-log-level",
+        "--log-level",
+        dest="log_level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log level (default info)",
+    )
+    add(
+        "--zap-encoder",
+        "--log-format",
+        dest="log_format",
+        default="json",
+        choices=["json", "console"],
+        help="log format (default json)",
+    )
+    add(
+        "--zap-devel",
+        action="store_const",
+        const="console",
+        dest="log_format",
+        help="console logs (same as --zap-encoder=console)",
+    )
     return p
 
 
@@ -181,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = asyncio.run(_run(settings))
     except Exception as err:  # the last word on any failure: say it, exit non-zero
-        log.error("operator failed", error=f"{type(err).__name__}: {err}", exc_info=True)
+        log.exception("operator failed", error=f"{type(err).__name__}: {err}")
         return 1
     log.info("stopped", exit_code=code)
     return code

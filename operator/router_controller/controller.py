@@ -6,6 +6,7 @@ The fixed outcome table of controller-runtime:
 reconcile returns   queue                                        reconcile_total
 ==================  ===========================================  ==================
 Result()            forget (reset backoff)                       success
+requeue=True        add_rate_limited                             requeue
 requeue_after=s     forget, add_after(s)                         requeue_after
 TerminalError       forget, no retry                             error (+terminal)
 any other error     add_rate_limited (5 ms doubling, <= 1000 s)  error
@@ -140,6 +141,10 @@ class Controller:
                 retries=self.queue.num_requeues(key),
             )
         else:
+            if result.requeue:
+                self.queue.add_rate_limited(key)
+                self._total["requeue"].inc()
+                return
             self.queue.forget(key)
             if result.requeue_after is not None:
                 self.queue.add_after(key, result.requeue_after)

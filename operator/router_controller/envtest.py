@@ -155,7 +155,10 @@ def kubeconfig_text(server: str, ca_file: Path, token: str, user: str = "admin")
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [
-                {"name": "envtest", "cluster": {"server": server, "certificate-authority": str(ca_file)}}
+                {
+                    "name": "envtest",
+                    "cluster": {"server": server, "certificate-authority": str(ca_file)},
+                }
             ],
             "users": [{"name": user, "user": {"token": token}}],
             "contexts": [{"name": "envtest", "context": {"cluster": "envtest", "user": user}}],
@@ -288,7 +291,7 @@ class ControlPlane:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only sets the death signal
+            preexec_fn=_die_with_parent,
         )
         log.close()
 
@@ -394,7 +397,9 @@ class ControlPlane:
 
 
 @contextlib.contextmanager
-def running(*, controller_manager: bool = True, workdir: Path | None = None) -> Iterator[ControlPlane]:
+def running(
+    *, controller_manager: bool = True, workdir: Path | None = None
+) -> Iterator[ControlPlane]:
     """Start a control plane in a temporary folder; stop it and remove the folder on exit."""
     binaries = find_binaries()
     own_dir = workdir is None

@@ -130,10 +130,14 @@ class Prober:
         service = (namespace, name)
         keys = []
         for key, route in self._routes.items():
-            if route.ref == service or service in route.services or (
-                route.selector is not None
-                and route.selector[0] == namespace
-                and selector_matches(route.selector[1], labels)
+            if (
+                route.ref == service
+                or service in route.services
+                or (
+                    route.selector is not None
+                    and route.selector[0] == namespace
+                    and selector_matches(route.selector[1], labels)
+                )
             ):
                 keys.append(key)
         return keys
@@ -161,8 +165,10 @@ class Prober:
             state.ref = (ref_ns, spec.router_ref.name or "")
             kind = spec.router_ref.kind or "Service"
             if kind != "Service":
-                state.problem = ("InvalidRouterRef",
-                                 f"spec.routerRef.kind is {kind}; it must be Service")  # fmt: skip
+                state.problem = (
+                    "InvalidRouterRef",
+                    f"spec.routerRef.kind is {kind}; it must be Service",
+                )
             elif ref_ns != key[0] and not self._allow_cross_namespace:
                 state.problem = (
                     "CrossNamespaceRouterRef",
@@ -174,29 +180,37 @@ class Prober:
             else:
                 found = self._addresses(state.ref)
                 if found is None:
-                    state.problem = ("RouterNotFound",
-                                     f"Service {ref_ns}/{state.ref[1]} (spec.routerRef) not found")  # fmt: skip
+                    state.problem = (
+                        "RouterNotFound",
+                        f"Service {ref_ns}/{state.ref[1]} (spec.routerRef) not found",
+                    )
                 else:
                     state.services.add(state.ref)
                     addresses.extend(found)
         if spec.router_selector is not None and state.problem is None:
             state.selector = (key[0], spec.router_selector)
             matched = [
-                svc for svc in self._services.items(key[0])
+                svc
+                for svc in self._services.items(key[0])
                 if selector_matches(spec.router_selector, svc["metadata"].get("labels") or {})
-            ]  # fmt: skip
+            ]
             for svc in matched:
                 service = (key[0], svc["metadata"]["name"])
                 state.services.add(service)
                 addresses.extend(self._addresses(service) or [])
             if not matched and spec.router_ref is None:
-                state.problem = ("RouterNotFound",
-                                 "no Service in this namespace matches spec.routerSelector")  # fmt: skip
+                state.problem = (
+                    "RouterNotFound",
+                    "no Service in this namespace matches spec.routerSelector",
+                )
         if state.problem is None and not addresses:
             state.problem = ("NoEndpoints", "the router Service has no ready endpoints")
         self._routes[key] = state
-        self._set_endpoints(key, sorted(set(addresses)) if state.problem is None else [],
-                            spec.health_check or HealthCheck())  # fmt: skip
+        self._set_endpoints(
+            key,
+            sorted(set(addresses)) if state.problem is None else [],
+            spec.health_check or HealthCheck(),
+        )
         return self._report(key, meta.get("generation"))
 
     # -- endpoint resolution -----------------------------------------------------------
@@ -235,7 +249,9 @@ class Prober:
             return found
         port = int(named["port"]) if named and named.get("port") else DEFAULT_PORT
         cluster_ip = (svc.get("spec") or {}).get("clusterIP")
-        host = cluster_ip if cluster_ip and cluster_ip != "None" else f"{service[1]}.{service[0]}.svc"
+        host = (
+            cluster_ip if cluster_ip and cluster_ip != "None" else f"{service[1]}.{service[0]}.svc"
+        )
         return [f"{scheme}://{host}:{port}"]
 
     def _set_endpoints(self, key: Key, addresses: list[str], check: HealthCheck) -> None:
@@ -270,39 +286,64 @@ class Prober:
             )
         if unhealthy:
             healthy = cond.condition(
-                cond.ROUTER_HEALTHY, False, "RouterUnhealthy",
-                "; ".join(f"{e.address}: {e.message}" for e in unhealthy), generation,
-            )  # fmt: skip
+                cond.ROUTER_HEALTHY,
+                False,
+                "RouterUnhealthy",
+                "; ".join(f"{e.address}: {e.message}" for e in unhealthy),
+                generation,
+            )
         elif any(e.healthy is None for e in endpoints):
             healthy = cond.condition(
-                cond.ROUTER_HEALTHY, None, "Probing",
-                f"waiting for the first probes of {len(endpoints)} endpoint(s)", generation,
-            )  # fmt: skip
+                cond.ROUTER_HEALTHY,
+                None,
+                "Probing",
+                f"waiting for the first probes of {len(endpoints)} endpoint(s)",
+                generation,
+            )
         else:
             healthy = cond.condition(
-                cond.ROUTER_HEALTHY, True, "RouterHealthy",
-                f"{len(endpoints)} endpoint(s) healthy", generation,
-            )  # fmt: skip
+                cond.ROUTER_HEALTHY,
+                True,
+                "RouterHealthy",
+                f"{len(endpoints)} endpoint(s) healthy",
+                generation,
+            )
         live = [e for e in endpoints if e.healthy]
         stale = [e for e in live if e.synced is False]
         if route.expected is None:
-            synced = cond.condition(cond.ROUTER_CONFIG_SYNCED, None, "NoConfig",
-                                    "no ConfigMap of ours to compare with", generation)  # fmt: skip
+            synced = cond.condition(
+                cond.ROUTER_CONFIG_SYNCED,
+                None,
+                "NoConfig",
+                "no ConfigMap of ours to compare with",
+                generation,
+            )
         elif stale:
             synced = cond.condition(
-                cond.ROUTER_CONFIG_SYNCED, False, "ConfigSyncPending",
+                cond.ROUTER_CONFIG_SYNCED,
+                False,
+                "ConfigSyncPending",
                 "; ".join(f"{e.address}: {e.message}" for e in stale)
                 + " (a router re-reads its file about every 10 s after the kubelet updates "
-                "the mounted ConfigMap)", generation,
-            )  # fmt: skip
+                "the mounted ConfigMap)",
+                generation,
+            )
         elif not live or any(e.synced is None for e in live):
-            synced = cond.condition(cond.ROUTER_CONFIG_SYNCED, None, "Probing",
-                                    "no healthy endpoint has answered yet", generation)  # fmt: skip
+            synced = cond.condition(
+                cond.ROUTER_CONFIG_SYNCED,
+                None,
+                "Probing",
+                "no healthy endpoint has answered yet",
+                generation,
+            )
         else:
             synced = cond.condition(
-                cond.ROUTER_CONFIG_SYNCED, True, "ConfigSynced",
-                f"{len(live)} endpoint(s) serve the current config", generation,
-            )  # fmt: skip
+                cond.ROUTER_CONFIG_SYNCED,
+                True,
+                "ConfigSynced",
+                f"{len(live)} endpoint(s) serve the current config",
+                generation,
+            )
         routers = [
             {
                 "address": e.address,
@@ -393,9 +434,13 @@ class Prober:
         if (endpoint.healthy, endpoint.synced, endpoint.message) != before:
             endpoint.changed_at = self._now()
             self._enqueue(endpoint.route)
-        self._schedule(endpoint, max(0.0, started + check.period_seconds - asyncio.get_running_loop().time()))
+        self._schedule(
+            endpoint, max(0.0, started + check.period_seconds - asyncio.get_running_loop().time())
+        )
 
-    async def _get_health(self, endpoint: _Endpoint, timeout: float) -> tuple[bool, bool | None, str]:
+    async def _get_health(
+        self, endpoint: _Endpoint, timeout: float
+    ) -> tuple[bool, bool | None, str]:
         """(answered healthy, config synced or None when unknown, what happened)."""
         assert self._session is not None
         url = f"{endpoint.address}/health"
@@ -421,9 +466,13 @@ class Prober:
         if expected is None:
             return True, None, "healthy"
         if "dynamic_config" not in answer or not isinstance(answer["dynamic_config"], dict):
-            return True, False, (
-                "healthy, but /health has no dynamic_config: is the router started with "
-                "--dynamic-config-json?"
+            return (
+                True,
+                False,
+                (
+                    "healthy, but /health has no dynamic_config: is the router started with "
+                    "--dynamic-config-json?"
+                ),
             )
         different = config_mismatches(expected, answer["dynamic_config"])
         if different:

@@ -164,16 +164,18 @@ class Informer:
                 params["labelSelector"] = self._selector
         gone = [k for k in self._cache if self._in_scope(k, scope) and k not in fresh]
         for key in gone:
-            old = self._cache.pop(key)
-            self._handler("DELETED", old, old)
+            removed = self._cache.pop(key)
+            self._handler("DELETED", removed, removed)
         for key, obj in fresh.items():
-            old = self._cache.get(key)
+            previous = self._cache.get(key)
             self._cache[key] = obj
-            if old is None:
+            if previous is None:
                 self._handler("ADDED", obj, None)
-            elif old["metadata"].get("resourceVersion") != obj["metadata"].get("resourceVersion"):
-                self._handler("MODIFIED", obj, old)
-        return list_version
+            elif previous["metadata"].get("resourceVersion") != obj["metadata"].get(
+                "resourceVersion"
+            ):
+                self._handler("MODIFIED", obj, previous)
+        return str(list_version)
 
     async def _watch(self, scope: str | None, resource_version: str) -> str:
         low, high = self._tuning.server_timeout
@@ -192,7 +194,9 @@ class Informer:
             if kind == "ERROR":
                 code = obj.get("code", 0)
                 if code == 410:
-                    raise Gone(410, obj.get("reason", "Expired"), obj.get("message", ""), "WATCH", "")
+                    raise Gone(
+                        410, obj.get("reason", "Expired"), obj.get("message", ""), "WATCH", ""
+                    )
                 raise ApiError(code, obj.get("reason", ""), obj.get("message", ""), "WATCH", "")
             version = obj.get("metadata", {}).get("resourceVersion")
             if version:

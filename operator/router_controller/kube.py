@@ -126,7 +126,7 @@ async def load_configuration(kubeconfig: str | None) -> Configuration:
         )
         return configuration
     try:
-        kube_config.load_incluster_config(client_configuration=configuration)
+        kube_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     except kube_config.ConfigException:
         await kube_config.load_kube_config(client_configuration=configuration)
     return configuration
@@ -154,7 +154,7 @@ class Kube:
         connections: int = 64,
     ) -> None:
         self._configuration = configuration
-        self._base = configuration.host.rstrip("/")
+        self._base = str(configuration.host).rstrip("/")
         self._host = urlsplit(self._base).netloc
         self._metrics = metrics
         self._session = aiohttp.ClientSession(
@@ -178,9 +178,10 @@ class Kube:
 
     async def _headers(self, content_type: str | None) -> dict[str, str]:
         headers: dict[str, str] = {}
-        token = await self._configuration.get_api_key_with_prefix("authorization")
-        if token:
-            headers["Authorization"] = token
+        # auth_settings() refreshes a rotated token (in-cluster, exec plugins) first.
+        for setting in (await self._configuration.auth_settings()).values():
+            if setting.get("in") == "header" and setting.get("value"):
+                headers[setting["key"]] = setting["value"]
         if content_type:
             headers["Content-Type"] = content_type
         return headers

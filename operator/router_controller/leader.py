@@ -73,7 +73,7 @@ class LeaderElector:
     async def run(self) -> None:
         """Acquire, then renew until the lease is lost (returns) or the task is cancelled."""
         retry = self._settings.retry_period
-        while not await self._try_acquire_or_renew():
+        while not await self._try_acquire_or_renew():  # noqa: ASYNC110 - polling the Lease is the protocol
             await asyncio.sleep(retry)
         self.elected.set()
         self._gauge.set(1)

@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from router_controller.api import KIND, MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from router_controller.controller import Controller, PrometheusQueueMetrics
 from router_controller.events import EventRecorder
 from router_controller.health import Prober
@@ -30,7 +31,6 @@ from router_controller.kube import CONFIGMAPS, ENDPOINTSLICES, SERVICES, Kube, O
 from router_controller.leader import LeaderElector
 from router_controller.metrics import Metrics
 from router_controller.reconciler import STATICROUTES, StaticRouteReconciler, controller_of
-from router_controller.api import KIND, MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from router_controller.server import Checks, Servers
 from router_controller.settings import Settings
 from router_controller.workqueue import WorkQueue
@@ -78,22 +78,34 @@ class Manager:
             name=CONTROLLER, metrics=PrometheusQueueMetrics(self.metrics, CONTROLLER)
         )
         self.routes = Informer(
-            kube=self.kube, resource=STATICROUTES, namespaces=namespaces,
-            handler=self._on_route, tuning=self.tuning,
-        )  # fmt: skip
+            kube=self.kube,
+            resource=STATICROUTES,
+            namespaces=namespaces,
+            handler=self._on_route,
+            tuning=self.tuning,
+        )
         self.configmaps = Informer(
-            kube=self.kube, resource=CONFIGMAPS, namespaces=namespaces,
-            handler=self._on_configmap, tuning=self.tuning,
+            kube=self.kube,
+            resource=CONFIGMAPS,
+            namespaces=namespaces,
+            handler=self._on_configmap,
+            tuning=self.tuning,
             label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}",
-        )  # fmt: skip
+        )
         self.services = Informer(
-            kube=self.kube, resource=SERVICES, namespaces=namespaces,
-            handler=self._on_service, tuning=self.tuning,
-        )  # fmt: skip
+            kube=self.kube,
+            resource=SERVICES,
+            namespaces=namespaces,
+            handler=self._on_service,
+            tuning=self.tuning,
+        )
         self.endpointslices = Informer(
-            kube=self.kube, resource=ENDPOINTSLICES, namespaces=namespaces,
-            handler=self._on_endpointslice, tuning=self.tuning,
-        )  # fmt: skip
+            kube=self.kube,
+            resource=ENDPOINTSLICES,
+            namespaces=namespaces,
+            handler=self._on_endpointslice,
+            tuning=self.tuning,
+        )
         self.recorder = EventRecorder(kube=self.kube, identity=self.identity, now=_utcnow)
         self.prober = Prober(
             services=self.services,
@@ -104,20 +116,29 @@ class Manager:
             allow_cross_namespace=self.settings.allow_cross_namespace_router_ref,
         )
         self.reconciler = StaticRouteReconciler(
-            kube=self.kube, routes=self.routes, configmaps=self.configmaps,
-            recorder=self.recorder, now=_utcnow, health=self.prober,
-        )  # fmt: skip
+            kube=self.kube,
+            routes=self.routes,
+            configmaps=self.configmaps,
+            recorder=self.recorder,
+            now=_utcnow,
+            health=self.prober,
+        )
         self.controller = Controller(
-            name=CONTROLLER, queue=self.queue, reconcile=self.reconciler.reconcile,
-            workers=self.settings.max_concurrent_reconciles, metrics=self.metrics,
-        )  # fmt: skip
+            name=CONTROLLER,
+            queue=self.queue,
+            reconcile=self.reconciler.reconcile,
+            workers=self.settings.max_concurrent_reconciles,
+            metrics=self.metrics,
+        )
         self.elector: LeaderElector | None = None
         if self.settings.leader_election.enabled:
             self.elector = LeaderElector(
-                kube=self.kube, settings=self.settings.leader_election,
-                namespace=lease_namespace(self.settings), identity=self.identity,
+                kube=self.kube,
+                settings=self.settings.leader_election,
+                namespace=lease_namespace(self.settings),
+                identity=self.identity,
                 metrics=self.metrics,
-            )  # fmt: skip
+            )
         self.running = asyncio.Event()
         self.servers = Servers(
             settings=self.settings.serving,
@@ -190,8 +211,11 @@ class Manager:
                     elected.cancel()
                     election.cancel()
                     return 0
-            log.info("starting workers", namespaces=list(self.settings.namespaces) or "all",
-                     workers=self.settings.max_concurrent_reconciles)  # fmt: skip
+            log.info(
+                "starting workers",
+                namespaces=list(self.settings.namespaces) or "all",
+                workers=self.settings.max_concurrent_reconciles,
+            )
             watches = [
                 group.create_task(informer.start(), name=f"informer {informer.resource.plural}")
                 for informer in (self.routes, self.configmaps, self.services, self.endpointslices)
@@ -222,5 +246,3 @@ class Manager:
                     await election
                 await asyncio.shield(self.elector.release())
         return 0
-
-

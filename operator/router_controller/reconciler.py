@@ -29,23 +29,30 @@ from router_controller import conditions as cond
 from router_controller.api import (
     API_VERSION,
     CONFIG_KEY,
+    GROUP,
     KIND,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
     PLURAL,
-    GROUP,
     VERSION,
     StaticRouteSpec,
     config_map_name,
 )
 from router_controller.events import EventRecorder
 from router_controller.informer import Informer
-from router_controller.kube import CONFIGMAPS, Conflict, Kube, NotFound, Object, Resource
+from router_controller.kube import (
+    CONFIGMAPS,
+    Conflict,
+    Forbidden,
+    Kube,
+    NotFound,
+    Object,
+    Resource,
+)
 from router_controller.routerconfig import InvalidSpecError, RenderedConfig, render
 
 STATICROUTES = Resource(GROUP, VERSION, PLURAL)
 CONFLICT_RECHECK_SECONDS = 60.0
-_STATUS_RETRIES = 3
 
 log = structlog.get_logger("reconciler")
 
@@ -55,6 +62,7 @@ class Result:
     """What the controller does next with the key."""
 
     requeue_after: float | None = None
+    requeue: bool = False  # retry soon, with the per-key backoff (e.g. after a 409)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +126,19 @@ class StaticRouteReconciler:
             return Result()
         if route["metadata"].get("deletionTimestamp"):
             return Result()
-        return await self._reconcile(route)
+        try:
+            return await self._reconcile(route)
+        except Conflict as err:
+            if err.already_exists:
+                raise
+            # Our cached copy was stale (usually: our own write is still on its way
+            # back through the watch). Recompute from the fresher cache shortly.
+            log.debug("conflict, requeueing", error=str(err))
+            return Result(requeue=True)
+        except Forbidden as err:
+            if "being terminated" in err.message:
+                return Result()  # the namespace is going away, and the StaticRoute with it
+            raise
 
     async def _reconcile(self, route: Object) -> Result:
         meta = route["metadata"]
@@ -148,9 +168,7 @@ class StaticRouteReconciler:
             ready, reason, message = False, "ConfigMapConflict", outcome.conflict
         else:
             desired.append(
-                cond.condition(
-                    cond.CONFIG_MAP_READY, True, "ConfigMapApplied", message, generation
-                )
+                cond.condition(cond.CONFIG_MAP_READY, True, "ConfigMapApplied", message, generation)
             )
             status["configMapRef"] = cm_name
             if outcome.changed or not status.get("lastAppliedTime"):
@@ -207,16 +225,19 @@ class StaticRouteReconciler:
             path = CONFIGMAPS.path(meta["namespace"], cm_meta["name"])
             try:
                 await self._kube.delete(
-                    path, {"preconditions": {"uid": cm_meta["uid"]}, "propagationPolicy": "Background"}
+                    path,
+                    {"preconditions": {"uid": cm_meta["uid"]}, "propagationPolicy": "Background"},
                 )
             except NotFound:
                 continue
             except Conflict:  # replaced by somebody else meanwhile: not ours to delete
                 continue
             await self._recorder.record(
-                route, "Normal", "ConfigMapDeleted",
+                route,
+                "Normal",
+                "ConfigMapDeleted",
                 f"deleted ConfigMap {cm_meta['name']}: spec.configMapName is now {keep}",
-            )  # fmt: skip
+            )
 
     async def _apply_configmap(
         self, route: Object, name: str, rendered: RenderedConfig
@@ -226,7 +247,9 @@ class StaticRouteReconciler:
         existing = self._configmaps.get(namespace, name)
         if existing is None:
             try:
-                await self._kube.create(CONFIGMAPS.path(namespace), self._desired_cm(route, name, rendered))
+                await self._kube.create(
+                    CONFIGMAPS.path(namespace), self._desired_cm(route, name, rendered)
+                )
             except Conflict as err:
                 if not err.already_exists:
                     raise
@@ -242,8 +265,10 @@ class StaticRouteReconciler:
             existing.get("data") or {}
         ) == 1
         labels = existing["metadata"].get("labels") or {}
-        if same_data and labels.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE and not existing.get(
-            "binaryData"
+        if (
+            same_data
+            and labels.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE
+            and not existing.get("binaryData")
         ):
             return _Outcome()
         body = self._desired_cm(route, name, rendered)
@@ -291,29 +316,27 @@ class StaticRouteReconciler:
         desired: list[dict[str, Any]],
         generation: int | None,
     ) -> None:
-        now = cond.rfc3339(self._now())
-        for attempt in range(_STATUS_RETRIES):
-            current = route.get("status") or {}
-            new = dict(status)
-            new["observedGeneration"] = generation
-            new["conditions"] = cond.merge(current.get("conditions"), desired, now)
-            if _same_status(current, new):
-                return
-            meta = route["metadata"]
-            path = STATICROUTES.path(meta["namespace"], meta["name"], "status")
-            body = {
-                "metadata": {"resourceVersion": meta["resourceVersion"]},
-                "status": {**{k: None for k in current if k not in new}, **new},
-            }
-            try:
-                await self._kube.merge_patch(path, body)
-                return
-            except Conflict:
-                if attempt == _STATUS_RETRIES - 1:
-                    raise
-                route = await self._kube.get(STATICROUTES.path(meta["namespace"], meta["name"]))
-                if route["metadata"].get("generation") != generation:
-                    return  # the spec moved on; the next reconcile writes its status
+        """Patch status if it differs, guarded by the resourceVersion it was computed from.
+
+        A 409 means it was computed from a stale copy: :class:`Conflict` propagates and
+        the key is reconciled again from fresher state, never patched with stale values.
+        """
+        current = route.get("status") or {}
+        new = dict(status)
+        new["observedGeneration"] = generation
+        new["conditions"] = cond.merge(
+            current.get("conditions"), desired, cond.rfc3339(self._now())
+        )
+        if _same_status(current, new):
+            return
+        meta = route["metadata"]
+        body = {
+            "metadata": {"resourceVersion": meta["resourceVersion"]},
+            "status": {**{k: None for k in current if k not in new}, **new},
+        }
+        await self._kube.merge_patch(
+            STATICROUTES.path(meta["namespace"], meta["name"], "status"), body
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,7 +385,8 @@ def _conflict_message(namespace: str, name: str, existing: Object) -> str:
     )
     return (
         f"ConfigMap {namespace}/{name} already exists and {who}; it is left untouched. "
-        "Set spec.configMapName to an unused name, or delete that ConfigMap if it is no longer needed"
+        "Set spec.configMapName to an unused name, "
+        "or delete that ConfigMap if it is no longer needed"
     )
 
 

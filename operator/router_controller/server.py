@@ -14,7 +14,6 @@ advice since the HTTP/2 rapid-reset CVEs) asks for.
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import ipaddress
 import os
@@ -65,8 +64,10 @@ def _check_handler(checks: dict[str, Check]) -> Callable[[web.Request], Awaitabl
         results = {name: check() for name, check in checks.items()}
         ok = all(results.values())
         if "verbose" in request.query:
-            lines = [f"[{'+' if passed else '-'}]{name} {'ok' if passed else 'failed'}"
-                     for name, passed in results.items()]  # fmt: skip
+            lines = [
+                f"[{'+' if passed else '-'}]{name} {'ok' if passed else 'failed'}"
+                for name, passed in results.items()
+            ]
             lines.append("healthz check passed" if ok else "healthz check failed")
             text = "\n".join(lines) + "\n"
         else:
@@ -135,7 +136,11 @@ class MetricsAuth:
     async def _review(self, token: str) -> int:
         review = await self._kube.create(
             "/apis/authentication.k8s.io/v1/tokenreviews",
-            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}},
+            {
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenReview",
+                "spec": {"token": token},
+            },
         )
         result = review.get("status") or {}
         if not result.get("authenticated"):
@@ -172,7 +177,9 @@ class Servers:
         self._settings = settings
         self._metrics = metrics
         self._checks = checks
-        self._auth = MetricsAuth(kube=kube) if kube is not None and settings.metrics_secure else None
+        self._auth = (
+            MetricsAuth(kube=kube) if kube is not None and settings.metrics_secure else None
+        )
         self._runners: list[web.AppRunner] = []
         self.metrics_port: int | None = None
         self.probe_port: int | None = None
@@ -191,8 +198,12 @@ class Servers:
             app.router.add_get("/metrics", self._serve_metrics)
             context = self._tls() if self._settings.metrics_secure else None
             self.metrics_port = await self._listen(app, bind, context)
-        log.info("serving", metrics_port=self.metrics_port, probe_port=self.probe_port,
-                 metrics_secure=self._settings.metrics_secure)  # fmt: skip
+        log.info(
+            "serving",
+            metrics_port=self.metrics_port,
+            probe_port=self.probe_port,
+            metrics_secure=self._settings.metrics_secure,
+        )
 
     async def stop(self) -> None:
         for runner in self._runners:
@@ -231,7 +242,7 @@ class Servers:
         if self._auth is not None:
             try:
                 status = await self._auth.status_for(request.headers.get("Authorization"))
-            except (ApiError, aiohttp.ClientError, asyncio.TimeoutError) as err:
+            except (TimeoutError, ApiError, aiohttp.ClientError) as err:
                 log.warning("metrics authentication failed", error=str(err))
                 return web.Response(status=500, text="authentication failed\n")
             if status == 401:

@@ -1,0 +1,41 @@
+"""Fixtures for tests against the real control plane: an API client and a running operator.
+
+The session ``operator`` runs the real Manager (informers, queue, workers, prober)
+in the test's event loop, watching all namespaces; tests that need other flags start
+their own with :func:`run_operator`. Tests observe only what a user can observe:
+objects, status and events through the API, and HTTP endpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from router_controller.envtest import ControlPlane
+from router_controller.kube import Kube
+from router_controller.manager import Manager
+from router_controller.metrics import Metrics
+from tests.e2e.support import run_operator
+
+
+@pytest.fixture(scope="session")
+async def kube(control_plane: ControlPlane) -> AsyncIterator[Kube]:
+    client = await Kube.connect(
+        kubeconfig=str(control_plane.kubeconfig), metrics=Metrics(process=False)
+    )
+    yield client
+    await client.close()
+
+
+@pytest.fixture(scope="session")
+async def operator(control_plane: ControlPlane) -> AsyncIterator[Manager]:
+    async with run_operator(control_plane) as manager:
+        yield manager
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[contextlib.AsyncExitStack]:
+    async with contextlib.AsyncExitStack() as exits:
+        yield exits

@@ -1,0 +1,101 @@
+"""A StaticRoute that got past the schema (an older, looser CRD) never reaches the router.
+
+This module runs its own control plane whose CRD accepts any spec, as a cluster
+with an outdated CRD would; the operator must then catch everything the router
+would reject, say so on the status, and leave the last good ConfigMap alone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from router_controller import envtest
+from router_controller.kube import Kube
+from router_controller.manager import Manager
+from router_controller.metrics import Metrics
+from router_controller.reconciler import STATICROUTES
+from tests.e2e.support import (
+    REPO,
+    condition,
+    create_route,
+    events_for,
+    get_cm,
+    run_operator,
+    staticroute,
+    wait_condition,
+)
+
+
+def _loose_crd() -> dict[str, Any]:
+    crd: dict[str, Any] = yaml.safe_load(
+        (REPO / "config/crd/bases/production-stack.vllm.ai_staticroutes.yaml").read_text()
+    )
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    schema["properties"]["spec"] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    return crd
+
+
+@pytest.fixture(scope="module")
+def loose_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[envtest.ControlPlane]:
+    with envtest.running() as plane:
+        path: Path = tmp_path_factory.mktemp("crd") / "crd.json"
+        path.write_text(json.dumps(_loose_crd()))
+        plane.kubectl("apply", "-f", str(path))
+        plane.kubectl(
+            "wait", "--for=condition=Established", "crd/staticroutes.production-stack.vllm.ai"
+        )
+        plane.kubectl("create", "namespace", "loose")
+        yield plane
+
+
+@pytest.fixture(scope="module")
+async def loose_kube(loose_plane: envtest.ControlPlane) -> AsyncIterator[Kube]:
+    client = await Kube.connect(
+        kubeconfig=str(loose_plane.kubeconfig), metrics=Metrics(process=False)
+    )
+    yield client
+    await client.close()
+
+
+@pytest.fixture(scope="module")
+async def loose_operator(loose_plane: envtest.ControlPlane) -> AsyncIterator[Manager]:
+    async with run_operator(loose_plane) as manager:
+        yield manager
+
+
+@pytest.mark.parametrize(
+    ("name", "spec", "fragment"),
+    [
+        ("count", {"staticModels": "only-one"}, "has 2 URLs but spec.staticModels has 1"),
+        ("shortname", {"staticBackends": "http://my-svc:8000,http://b.example.com"},
+         "drops host names without a dot"),
+        ("types", {"staticModelTypes": "chat"}, "one type per model"),
+        ("logic", {"routingLogic": "fastest"}, "spec.routingLogic: Input should be"),
+        ("unknown", {"callbacks": "evil.module"}, "spec.callbacks: Extra inputs are not permitted"),
+        ("session", {"routingLogic": "session"}, "spec.sessionKey is required"),
+    ],
+)  # fmt: skip
+async def test_invalid_spec_keeps_last_good_configmap(
+    loose_kube: Kube, loose_operator: Manager, name: str, spec: dict[str, Any], fragment: str
+) -> None:
+    await create_route(loose_kube, staticroute(name, "loose"))
+    await wait_condition(loose_kube, "loose", name, "Ready", "True")
+    good = await get_cm(loose_kube, "loose", f"{name}-config")
+    await loose_kube.merge_patch(STATICROUTES.path("loose", name), {"spec": spec})
+    route = await wait_condition(loose_kube, "loose", name, "Ready", "False", reason="InvalidSpec")
+    cm_ready = condition(route, "ConfigMapReady")
+    assert cm_ready is not None
+    assert cm_ready["reason"] == "InvalidSpec"
+    assert fragment in cm_ready["message"]
+    assert route["status"]["observedGeneration"] == route["metadata"]["generation"]
+    after = await get_cm(loose_kube, "loose", f"{name}-config")
+    assert after["metadata"]["resourceVersion"] == good["metadata"]["resourceVersion"]
+    assert after["data"] == good["data"]
+    reasons = {e["reason"] for e in await events_for(loose_kube, "loose", name)}
+    assert "InvalidSpec" in reasons
