@@ -17,13 +17,17 @@ from router_controller import envtest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def install_crds(plane: envtest.ControlPlane) -> None:
+    plane.kubectl("apply", "--server-side", "-k", str(REPO / "config" / "crd"))
+    plane.kubectl(
+        "wait", "--for=condition=Established", "crd/staticroutes.production-stack.vllm.ai"
+    )
+
+
 @pytest.fixture(scope="session")
 def control_plane() -> Iterator[envtest.ControlPlane]:
     with envtest.running() as plane:
-        plane.kubectl("apply", "--server-side", "-k", str(REPO / "config" / "crd"))
-        plane.kubectl(
-            "wait", "--for=condition=Established", "crd/staticroutes.production-stack.vllm.ai"
-        )
+        install_crds(plane)
         yield plane
 
 

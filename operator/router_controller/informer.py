@@ -76,7 +76,8 @@ class Informer:
         self._cache: dict[Key, Object] = {}
         self._synced_scopes: set[str | None] = set()
         self.synced = asyncio.Event()
-        self.restarts = 0  # watch streams re-opened for any reason; read by tests
+        self.restarts = 0  # watch streams re-opened for any reason
+        self.relists = 0  # lists after an expired (410) watch
 
     # -- reads -------------------------------------------------------------------------
 
@@ -124,6 +125,7 @@ class Informer:
                 delay = self._tuning.backoff_initial
             except Gone:
                 bound.info("watch expired, re-listing", resourceVersion=resource_version)
+                self.relists += 1
                 relist = True
             except (ApiError, aiohttp.ClientError, TimeoutError, OSError, ValueError) as err:
                 bound.warning("watch failed, retrying", error=str(err), retry_in=round(delay, 2))
