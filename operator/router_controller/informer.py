@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,8 @@ import structlog
 from router_controller.kube import ApiError, Gone, Kube, Object, Resource
 
 Key = tuple[str, str]
+# Maps an object to the index values it is filed under (e.g. its owner's uid).
+Indexer = Callable[[Object], Iterable[str]]
 # (event type: ADDED/MODIFIED/DELETED, the object, the cached object it replaces)
 Handler = Callable[[str, Object, Object | None], None]
 
@@ -66,6 +68,7 @@ class Informer:
         handler: Handler,
         label_selector: str | None = None,
         tuning: WatchTuning | None = None,
+        indexers: Mapping[str, Indexer] | None = None,
     ) -> None:
         self.resource = resource
         self._kube = kube
@@ -74,6 +77,9 @@ class Informer:
         self._selector = label_selector
         self._tuning = tuning or WatchTuning()
         self._cache: dict[Key, Object] = {}
+        self._by_namespace: dict[str, dict[Key, Object]] = {}
+        self._indexers = dict(indexers or {})
+        self._indices: dict[str, dict[str, dict[Key, Object]]] = {n: {} for n in self._indexers}
         self._synced_scopes: set[str | None] = set()
         self.synced = asyncio.Event()
         self.restarts = 0  # watch streams re-opened for any reason
@@ -85,9 +91,31 @@ class Informer:
         return self._cache.get((namespace, name))
 
     def items(self, namespace: str | None = None) -> Iterator[Object]:
-        for (ns, _), obj in list(self._cache.items()):
-            if namespace is None or ns == namespace:
-                yield obj
+        source = self._cache if namespace is None else self._by_namespace.get(namespace, {})
+        yield from list(source.values())
+
+    def by_index(self, index: str, value: str) -> list[Object]:
+        """Cached objects filed under ``value`` by the indexer named ``index``."""
+        return list(self._indices[index].get(value, {}).values())
+
+    def _store(self, key: Key, obj: Object) -> Object | None:
+        previous = self._drop(key)
+        self._cache[key] = obj
+        self._by_namespace.setdefault(key[0], {})[key] = obj
+        for name, indexer in self._indexers.items():
+            for value in indexer(obj):
+                self._indices[name].setdefault(value, {})[key] = obj
+        return previous
+
+    def _drop(self, key: Key) -> Object | None:
+        previous = self._cache.pop(key, None)
+        if previous is None:
+            return None
+        _discard(self._by_namespace, key[0], key)
+        for name, indexer in self._indexers.items():
+            for value in indexer(previous):
+                _discard(self._indices[name], value, key)
+        return previous
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -166,11 +194,11 @@ class Informer:
                 params["labelSelector"] = self._selector
         gone = [k for k in self._cache if self._in_scope(k, scope) and k not in fresh]
         for key in gone:
-            removed = self._cache.pop(key)
-            self._handler("DELETED", removed, removed)
+            removed = self._drop(key)
+            if removed is not None:
+                self._handler("DELETED", removed, removed)
         for key, obj in fresh.items():
-            previous = self._cache.get(key)
-            self._cache[key] = obj
+            previous = self._store(key, obj)
             if previous is None:
                 self._handler("ADDED", obj, None)
             elif previous["metadata"].get("resourceVersion") != obj["metadata"].get(
@@ -207,14 +235,19 @@ class Informer:
                 continue
             _slim(obj)
             key = key_of(obj)
-            old = self._cache.get(key)
             if kind == "DELETED":
-                self._cache.pop(key, None)
-                self._handler("DELETED", obj, old)
+                self._handler("DELETED", obj, self._drop(key))
             else:
-                self._cache[key] = obj
-                self._handler(kind or "MODIFIED", obj, old)
+                self._handler(kind or "MODIFIED", obj, self._store(key, obj))
         return resource_version
+
+
+def _discard(table: dict[str, dict[Key, Object]], value: str, key: Key) -> None:
+    bucket = table.get(value)
+    if bucket is not None:
+        bucket.pop(key, None)
+        if not bucket:
+            del table[value]
 
 
 def _slim(obj: Object) -> None:

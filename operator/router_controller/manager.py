@@ -18,7 +18,6 @@ import socket
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import structlog
 
@@ -30,7 +29,15 @@ from router_controller.informer import Informer, WatchTuning
 from router_controller.kube import CONFIGMAPS, ENDPOINTSLICES, SERVICES, Kube, Object
 from router_controller.leader import LeaderElector
 from router_controller.metrics import Metrics
-from router_controller.reconciler import STATICROUTES, StaticRouteReconciler, controller_of
+from router_controller.reconciler import (
+    CONFIGMAP_INDEX,
+    OWNER_INDEX,
+    STATICROUTES,
+    StaticRouteReconciler,
+    controller_of,
+    owner_uids,
+    wanted_configmap,
+)
 from router_controller.server import Checks, Servers
 from router_controller.settings import Settings
 from router_controller.workqueue import WorkQueue
@@ -83,6 +90,7 @@ class Manager:
             namespaces=namespaces,
             handler=self._on_route,
             tuning=self.tuning,
+            indexers={CONFIGMAP_INDEX: wanted_configmap},
         )
         self.configmaps = Informer(
             kube=self.kube,
@@ -91,6 +99,7 @@ class Manager:
             handler=self._on_configmap,
             tuning=self.tuning,
             label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}",
+            indexers={OWNER_INDEX: owner_uids},
         )
         self.services = Informer(
             kube=self.kube,
@@ -162,11 +171,9 @@ class Manager:
         if owner is not None and owner.get("kind") == KIND:
             self.queue.add((meta["namespace"], owner["name"]))
         if kind == "DELETED":  # a StaticRoute refused this name may take it now
-            for route in self.routes.items(meta["namespace"]):
-                spec: dict[str, Any] = route.get("spec") or {}
-                wanted = spec.get("configMapName") or f"{route['metadata']['name']}-config"
-                if wanted == meta["name"]:
-                    self.queue.add((meta["namespace"], route["metadata"]["name"]))
+            wanted = f"{meta['namespace']}/{meta['name']}"
+            for route in self.routes.by_index(CONFIGMAP_INDEX, wanted):
+                self.queue.add((meta["namespace"], route["metadata"]["name"]))
 
     def _on_service(self, _kind: str, obj: Object, old: Object | None) -> None:
         keys = set(self.prober.routes_for(obj, endpointslice=False))

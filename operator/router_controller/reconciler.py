@@ -84,6 +84,23 @@ class RouterHealth(Protocol):
     def forget(self, namespace: str, name: str) -> None: ...
 
 
+OWNER_INDEX = "owner"  # ConfigMaps by their controller's uid
+CONFIGMAP_INDEX = "configmap"  # StaticRoutes by "namespace/ConfigMap name" they write
+
+
+def owner_uids(obj: Object) -> list[str]:
+    """Indexer: the uid of the object's controller, if any."""
+    ref = controller_of(obj)
+    return [str(ref["uid"])] if ref and ref.get("uid") else []
+
+
+def wanted_configmap(route: Object) -> list[str]:
+    """Indexer: "namespace/name" of the ConfigMap a StaticRoute asks for."""
+    meta = route["metadata"]
+    spec = route.get("spec") or {}
+    return [f"{meta.get('namespace', '')}/{spec.get('configMapName') or meta['name'] + '-config'}"]
+
+
 def owned_by(obj: Object, uid: str) -> bool:
     for ref in obj.get("metadata", {}).get("ownerReferences") or []:
         if ref.get("controller") and ref.get("uid") == uid:
@@ -218,7 +235,7 @@ class StaticRouteReconciler:
     async def _delete_stale(self, route: Object, keep: str) -> None:
         """Delete ConfigMaps this StaticRoute owns under another name (configMapName changed)."""
         meta = route["metadata"]
-        for cm in list(self._configmaps.items(meta["namespace"])):
+        for cm in self._configmaps.by_index(OWNER_INDEX, meta["uid"]):
             cm_meta = cm["metadata"]
             if cm_meta["name"] == keep or not owned_by(cm, meta["uid"]):
                 continue

@@ -176,6 +176,13 @@ async def test_second_staticroute_on_same_configmap_conflicts(
     assert cm["metadata"]["ownerReferences"][0]["uid"] == first["metadata"]["uid"]
     assert json.loads(cm["data"]["dynamic_config.json"])["static_models"] == "model-a,model-b"
 
+    # Once the first StaticRoute and (by garbage collection) its ConfigMap are gone,
+    # the name is free and the second one takes it, without waiting for a re-check.
+    await kube.delete(STATICROUTES.path(namespace, "first"))
+    await wait_condition(kube, namespace, "second", "Ready", "True", timeout=120)
+    cm = await get_cm(kube, namespace, "one")
+    assert json.loads(cm["data"]["dynamic_config.json"])["static_models"] == "x,y"
+
 
 async def test_renaming_configmap_deletes_the_old_one(
     kube: Kube, operator: Manager, namespace: str
