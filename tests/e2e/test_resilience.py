@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from router_controller import envtest
+from router_controller.informer import WatchTuning
 from router_controller.kube import Kube
 from router_controller.metrics import Metrics
 from router_controller.reconciler import STATICROUTES
@@ -203,3 +204,78 @@ async def test_sigkill_mid_burst_then_restart_converges(
                 proc.kill()
                 await proc.wait()
         log.close()
+
+
+class FreezingProxy:
+    """A TCP relay to the API server whose open connections can go silent at once.
+
+    A frozen connection stays open but relays nothing more, in either direction:
+    the half-dead stream that a NAT or load balancer leaves behind, which TCP alone
+    does not notice for a long time. Connections opened afterwards work normally.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self._upstream_port = upstream_port
+        self._pumps: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def __aenter__(self) -> FreezingProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        self.freeze()
+        for writer in self._writers:
+            writer.close()
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+        await self._server.wait_closed()
+
+    def freeze(self) -> None:
+        for pump in self._pumps:
+            pump.cancel()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream_port)
+        self._writers += [writer, up_writer]
+        for source, sink in ((reader, up_writer), (up_reader, writer)):
+            pump = asyncio.create_task(self._pump(source, sink))
+            self._pumps.add(pump)
+            pump.add_done_callback(self._pumps.discard)
+
+    @staticmethod
+    async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        while data := await source.read(65536):
+            sink.write(data)
+            await sink.drain()
+
+
+async def test_silent_watch_is_abandoned_and_reopened(
+    plane: envtest.ControlPlane, client: Kube, tmp_path: Path
+) -> None:
+    async with FreezingProxy(plane.apiserver_port) as proxy:
+        kubeconfig = tmp_path / "via-proxy"
+        kubeconfig.write_text(
+            envtest.kubeconfig_text(
+                f"https://127.0.0.1:{proxy.port}", plane.ca_file, plane.admin_token
+            )
+        )
+        tuning = WatchTuning(stall_timeout=3.0, server_timeout=(600, 600))
+        async with run_operator(
+            plane, kubeconfig=kubeconfig, tuning=tuning, namespaces=("a",)
+        ) as manager:
+            await create_route(client, staticroute("r", "a"))
+            await wait_for(_cm_exists(client, "a", "r-config"), what="first ConfigMap")
+            restarts = manager.routes.restarts
+            proxy.freeze()  # every open connection, the watches among them, goes silent
+            await create_route(client, staticroute("after", "a"))
+            await wait_for(
+                _cm_exists(client, "a", "after-config"),
+                timeout=90,
+                what="a change made after the stall to be applied",
+            )
+            assert manager.routes.restarts > restarts
