@@ -12,7 +12,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
+import platform
+import re
 import signal
 import sys
 
@@ -20,7 +23,7 @@ import structlog
 from pydantic import ValidationError
 
 from router_controller import __version__
-from router_controller.settings import LeaderElection, Logging, Serving, Settings
+from router_controller.settings import LeaderElection, Logging, Serving, Settings, parse_bind
 
 
 def _bool(value: str) -> bool:
@@ -32,19 +35,34 @@ def _bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
-def _duration(value: str) -> float:
-    """Go-style durations (``15s``, ``500ms``, ``1m``) or plain seconds."""
-    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    for suffix in ("ms", "s", "m", "h"):
-        if value.endswith(suffix):
-            try:
-                return float(value[: -len(suffix)]) * units[suffix]
-            except ValueError:
-                break
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration(value: str) -> float:
+    """Seconds from a Go duration (``15s``, ``500ms``, ``1m30s``) or a plain number of seconds."""
+    text = value.strip()
     try:
-        return float(value)
+        seconds = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a duration like 15s, got {value!r}") from None
+        parts = _DURATION.findall(text)
+        if not parts or "".join(number + unit for number, unit in parts) != text:
+            raise argparse.ArgumentTypeError(
+                f"expected a duration like 15s, 500ms or 1m30s, got {value!r}"
+            ) from None
+        seconds = sum(float(number) * _UNITS[unit] for number, unit in parts)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise argparse.ArgumentTypeError(f"expected a duration like 15s, got {value!r}")
+    return seconds
+
+
+def bind_address(value: str) -> str:
+    """A listen address as kubebuilder takes it: ``:8443``, ``127.0.0.1:8081``, or ``0`` (off)."""
+    try:
+        parse_bind(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -68,12 +86,15 @@ def parser() -> argparse.ArgumentParser:
     add("--max-concurrent-reconciles", type=int, default=4, help="reconcile workers (default 4)")
     add(
         "--metrics-bind-address",
+        type=bind_address,
         default="0",
         help="address of the metrics endpoint, e.g. :8443 (HTTPS) or :8080 (HTTP); 0 disables",
     )
     add(
         "--metrics-secure",
         type=_bool,
+        nargs="?",
+        const=True,
         default=True,
         metavar="BOOL",
         help="serve metrics over HTTPS with TokenReview/SubjectAccessReview auth (default true)",
@@ -87,12 +108,15 @@ def parser() -> argparse.ArgumentParser:
     add("--metrics-cert-key", default="tls.key", help="key file name (default tls.key)")
     add(
         "--health-probe-bind-address",
+        type=bind_address,
         default=":8081",
         help="address of /healthz and /readyz (default :8081); 0 disables",
     )
     add(
         "--enable-http2",
         type=_bool,
+        nargs="?",
+        const=True,
         default=False,
         metavar="BOOL",
         help="accepted for compatibility; HTTP/2 is never served (default false)",
@@ -118,21 +142,21 @@ def parser() -> argparse.ArgumentParser:
     )
     add(
         "--leader-elect-lease-duration",
-        type=_duration,
+        type=duration,
         default=15.0,
         metavar="DURATION",
         help="how long a lease is valid without renewal (default 15s)",
     )
     add(
         "--leader-elect-renew-deadline",
-        type=_duration,
+        type=duration,
         default=10.0,
         metavar="DURATION",
         help="how long the leader keeps trying to renew before giving up (default 10s)",
     )
     add(
         "--leader-elect-retry-period",
-        type=_duration,
+        type=duration,
         default=2.0,
         metavar="DURATION",
         help="time between election attempts (default 2s)",
@@ -154,7 +178,7 @@ def parser() -> argparse.ArgumentParser:
     )
     add(
         "--shutdown-timeout",
-        type=_duration,
+        type=duration,
         default=30.0,
         metavar="DURATION",
         help="how long in-flight reconciles may take after SIGTERM (default 30s)",
@@ -217,17 +241,19 @@ def settings_from(argv: list[str] | None) -> Settings:
 
 
 def configure_logging(settings: Logging) -> None:
+    """structlog to stderr; the standard library's loggers (asyncio, aiohttp) rendered alike."""
     level = getattr(logging, settings.level.upper())
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
         if settings.format == "json"
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            timestamper,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
             renderer,
@@ -236,11 +262,29 @@ def configure_logging(settings: Logging) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                timestamper,
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
 
 
 async def _run(settings: Settings) -> int:
     from router_controller.kube import Kube
-    from router_controller.manager import Manager
+    from router_controller.manager import Manager, identity
     from router_controller.metrics import Metrics
 
     stop = asyncio.Event()
@@ -248,9 +292,18 @@ async def _run(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     metrics = Metrics()
-    kube = await Kube.connect(kubeconfig=settings.kubeconfig, metrics=metrics)
+    name = identity()
+    # The API server names the field manager after the part before the first "/"
+    # ("router-controller", the same for every replica); audit logs get the rest.
+    user_agent = (
+        f"router-controller/{__version__} ({platform.system().lower()}/{platform.machine()}) {name}"
+    )
+    kube = await Kube.connect(
+        kubeconfig=settings.kubeconfig, metrics=metrics, user_agent=user_agent
+    )
     try:
-        return await Manager(settings=settings, kube=kube, metrics=metrics).run(stop)
+        manager = Manager(settings=settings, kube=kube, metrics=metrics, identity=name)
+        return await manager.run(stop)
     finally:
         await kube.close()
 

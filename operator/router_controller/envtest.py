@@ -11,7 +11,8 @@ static token in the ``system:masters`` group; ServiceAccount tokens work (a gene
 signing key), so RBAC can be tested with real, least-privileged identities. The
 controller-manager runs the garbage collector and the namespace controller, so owner
 references and namespace deletion behave as in a cluster. Children are tied to this
-process (``PR_SET_PDEATHSIG``): nothing outlives it.
+process (``PR_SET_PDEATHSIG``): nothing outlives it. They run in their own process
+group, so a terminal's Ctrl-C reaches only this process, which stops them in order.
 
 ``python -m router_controller.envtest`` starts one and waits; ``make cluster`` uses it.
 """
@@ -24,6 +25,7 @@ import datetime
 import ipaddress
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -84,7 +86,8 @@ def free_port() -> int:
         return port
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """In a child before exec: get SIGKILL when the parent exits (Linux)."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
@@ -179,6 +182,9 @@ class ControlPlane:
     apiserver_port: int = field(default_factory=free_port)
     controller_manager_port: int = field(default_factory=free_port)
     admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    # Where Services get their cluster IPs. A loopback range lets a Service's cluster IP
+    # be a server on this machine (EndpointSlices refuse loopback addresses).
+    service_cidr: str = "10.0.0.0/24"
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -235,7 +241,7 @@ class ControlPlane:
                 f"--tls-private-key-file={pki / 'apiserver.key'}",
                 f"--client-ca-file={pki / 'ca.crt'}",
                 f"--token-auth-file={pki / 'tokens.csv'}",
-                "--service-cluster-ip-range=10.0.0.0/24",
+                f"--service-cluster-ip-range={self.service_cidr}",
                 "--authorization-mode=RBAC",
                 "--allow-privileged=true",
                 "--disable-admission-plugins=ServiceAccount",
@@ -291,7 +297,10 @@ class ControlPlane:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
+            # Not in the caller's process group: a Ctrl-C in the terminal goes to the
+            # caller, which stops the plane in order (stop() or PDEATHSIG).
+            process_group=0,
         )
         log.close()
 
@@ -384,6 +393,23 @@ class ControlPlane:
                 total += float(value)
         return int(total)
 
+    def request_count(self, verb: str, resource: str, subresource: str = "") -> int:
+        """``apiserver_request_total`` for one verb on one resource (and subresource).
+
+        E.g. ``request_count("PATCH", "staticroutes", "status")`` counts status patches
+        of StaticRoutes, whatever their answer code, as the server saw them.
+        """
+        wanted = {"verb": verb, "resource": resource, "subresource": subresource}
+        total = 0.0
+        for line in self.get("/metrics").decode().splitlines():
+            if not line.startswith("apiserver_request_total{"):
+                continue
+            labels, value = line.rsplit(" ", 1)
+            found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels))
+            if all(found.get(k, "") == v for k, v in wanted.items()):
+                total += float(value)
+        return int(total)
+
     def token_for(self, service_account: str, namespace: str, seconds: int = 3600) -> str:
         """Mint a token for a ServiceAccount with the TokenRequest API."""
         result = self.kubectl(
@@ -398,13 +424,16 @@ class ControlPlane:
 
 @contextlib.contextmanager
 def running(
-    *, controller_manager: bool = True, workdir: Path | None = None
+    *,
+    controller_manager: bool = True,
+    workdir: Path | None = None,
+    service_cidr: str = "10.0.0.0/24",
 ) -> Iterator[ControlPlane]:
     """Start a control plane in a temporary folder; stop it and remove the folder on exit."""
     binaries = find_binaries()
     own_dir = workdir is None
     folder = workdir or Path(tempfile.mkdtemp(prefix="envtest-"))
-    plane = ControlPlane(workdir=folder, binaries=binaries)
+    plane = ControlPlane(workdir=folder, binaries=binaries, service_cidr=service_cidr)
     try:
         plane.start(controller_manager=controller_manager)
         yield plane

@@ -12,7 +12,12 @@ StaticRoute, so steady probing causes no status writes.
 An endpoint is *config-synced* when the ``dynamic_config`` in its ``/health`` answer
 holds, for every key our file sets, the same value. Right after a change that is
 normally false for a while (kubelet volume sync, then the router's 10 s re-read), so
-it is reported as pending, not as an error.
+it is reported as pending, not as an error. The last answer is kept and compared
+with the *current* file whenever a report is made, so a changed spec never reports
+a router as synced on the strength of an answer to the previous config.
+
+The pure parts (reading an answer, the threshold state machine, building the
+report) are module-level so they can be tested without a server.
 """
 
 from __future__ import annotations
@@ -20,16 +25,16 @@ from __future__ import annotations
 import asyncio
 import heapq
 import json
+import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 import aiohttp
 
 from router_controller import conditions as cond
 from router_controller.api import HealthCheck, LabelSelector, StaticRouteSpec
-from router_controller.informer import Informer
 from router_controller.kube import Object
 from router_controller.metrics import Metrics
 from router_controller.reconciler import RouterReport
@@ -38,6 +43,17 @@ from router_controller.routerconfig import config_mismatches
 Key = tuple[str, str]
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 DEFAULT_PORT = 8000
+SYNC_DELAY_NOTE = (
+    "(a router re-reads its file about every 10 s after the kubelet updates the mounted ConfigMap)"
+)
+
+
+class ObjectCache(Protocol):
+    """The reads the prober needs from an informer's cache."""
+
+    def get(self, namespace: str, name: str) -> Object | None: ...
+
+    def items(self, namespace: str | None = None) -> Iterator[Object]: ...
 
 
 def selector_matches(selector: LabelSelector, labels: dict[str, str]) -> bool:
@@ -59,20 +75,239 @@ def selector_matches(selector: LabelSelector, labels: dict[str, str]) -> bool:
     return True
 
 
-@dataclass
-class _Endpoint:
-    """What is known of one router endpoint (one replica's address)."""
+# -- one answer ----------------------------------------------------------------------
 
-    route: Key
-    address: str  # scheme://host:port
-    check: HealthCheck
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """One ``GET /health``: whether the router answered healthy, and what it runs."""
+
+    ok: bool
+    message: str = ""  # how it failed; empty on success
+    config: dict[str, Any] | None = None  # its dynamic_config; None when it sent none
+
+
+def read_health(status: int, reason: str, body: bytes) -> ProbeResult:
+    """Judge a ``/health`` answer the way vllm_router gives it."""
+    if status != 200:
+        return ProbeResult(False, f"GET /health answered {status} {reason}".rstrip())
+    try:
+        answer = json.loads(body)
+    except (ValueError, RecursionError):
+        return ProbeResult(False, "GET /health answered 200 but its body is not JSON")
+    if not isinstance(answer, dict):
+        return ProbeResult(False, "GET /health answered 200 but not with a JSON object")
+    status_text = answer.get("status", "healthy")
+    if status_text != "healthy":
+        return ProbeResult(False, f"GET /health answered 200 with status {status_text!r}")
+    config = answer.get("dynamic_config")
+    return ProbeResult(True, config=config if isinstance(config, dict) else None)
+
+
+# -- one endpoint --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointView:
+    """What the status says about one endpoint."""
+
+    address: str
+    healthy: bool | None  # None: not decided yet (below both thresholds)
+    synced: bool | None  # None: unknown (not healthy, or no config to compare with)
+    message: str
+    no_dynamic_config: bool = False  # healthy, but its /health carries no dynamic_config
+    last_probe_time: str | None = None
+
+
+@dataclass
+class EndpointState:
+    """Consecutive probe results folded into a state, with Kubernetes probe thresholds.
+
+    The state starts undecided. ``failure_threshold`` consecutive failures make the
+    endpoint unhealthy, ``success_threshold`` consecutive successes healthy; fewer
+    leave the previous state as it was, as the kubelet does.
+    """
+
+    address: str
     healthy: bool | None = None
-    synced: bool | None = None
     successes: int = 0
     failures: int = 0
-    message: str = "not probed yet"
+    failure: str = ""  # the last failure
+    config: dict[str, Any] | None = None  # the dynamic_config of the last healthy answer
+
+    def observe(self, result: ProbeResult, check: HealthCheck) -> None:
+        if result.ok:
+            self.successes += 1
+            self.failures = 0
+            self.config = result.config
+            if self.successes >= check.success_threshold:
+                self.healthy = True
+        else:
+            self.failures += 1
+            self.successes = 0
+            self.failure = result.message
+            if self.failures >= check.failure_threshold:
+                self.healthy = False
+                self.config = None
+
+    def view(self, expected: dict[str, Any] | None) -> EndpointView:
+        """The endpoint as the status shows it, its config compared with ``expected``."""
+        if self.healthy is False:
+            return EndpointView(self.address, False, None, self.failure)
+        if self.healthy is None:
+            if self.failures:
+                message = self.failure
+            elif self.successes:
+                message = "answered healthy; waiting for successThreshold consecutive successes"
+            else:
+                message = "not probed yet"
+            return EndpointView(self.address, None, None, message)
+        if expected is None:
+            return EndpointView(self.address, True, None, "healthy")
+        if self.config is None:
+            return EndpointView(
+                self.address,
+                True,
+                False,
+                "healthy, but its /health answer has no dynamic_config: "
+                "is the router started with --dynamic-config-json?",
+                no_dynamic_config=True,
+            )
+        different = config_mismatches(expected, self.config)
+        if different:
+            return EndpointView(
+                self.address,
+                True,
+                False,
+                f"healthy, but serves another config ({', '.join(different)} differ)",
+            )
+        return EndpointView(self.address, True, True, "healthy, serving the current config")
+
+
+# -- the report ----------------------------------------------------------------------
+
+
+def build_report(
+    views: Sequence[EndpointView],
+    *,
+    problem: tuple[str, str] | None,
+    has_config: bool,
+    generation: int | None,
+) -> RouterReport:
+    """RouterHealthy, RouterConfigSynced and the ``routers`` list from endpoint views.
+
+    ``problem`` is (reason, message) when no endpoint can be probed at all;
+    ``has_config`` says whether there is a ConfigMap of ours to compare with.
+    """
+    if problem is not None:
+        reason, message = problem
+        return RouterReport(
+            conditions=[
+                cond.condition(cond.ROUTER_HEALTHY, False, reason, message, generation),
+                cond.condition(cond.ROUTER_CONFIG_SYNCED, None, reason, message, generation),
+            ],
+            routers=[],
+            ready=False,
+        )
+
+    unhealthy = [v for v in views if v.healthy is False]
+    pending = [v for v in views if v.healthy is None]
+    if unhealthy:
+        healthy = cond.condition(
+            cond.ROUTER_HEALTHY,
+            False,
+            "RouterUnhealthy",
+            f"{len(unhealthy)} of {len(views)} endpoint(s) unhealthy: " + _list(unhealthy),
+            generation,
+        )
+    elif pending:
+        healthy = cond.condition(
+            cond.ROUTER_HEALTHY,
+            None,
+            "Probing",
+            f"waiting for probe results of {len(pending)} endpoint(s): " + _list(pending),
+            generation,
+        )
+    else:
+        healthy = cond.condition(
+            cond.ROUTER_HEALTHY,
+            True,
+            "RouterHealthy",
+            f"{len(views)} endpoint(s) healthy",
+            generation,
+        )
+
+    live = [v for v in views if v.healthy]
+    missing = [v for v in live if v.no_dynamic_config]
+    stale = [v for v in live if v.synced is False and not v.no_dynamic_config]
+    if not has_config:
+        synced = cond.condition(
+            cond.ROUTER_CONFIG_SYNCED,
+            None,
+            "NoConfig",
+            "no ConfigMap of ours to compare with",
+            generation,
+        )
+    elif missing:
+        synced = cond.condition(
+            cond.ROUTER_CONFIG_SYNCED, False, "NoDynamicConfig", _list(missing), generation
+        )
+    elif stale:
+        synced = cond.condition(
+            cond.ROUTER_CONFIG_SYNCED,
+            False,
+            "ConfigSyncPending",
+            f"{_list(stale)} {SYNC_DELAY_NOTE}",
+            generation,
+        )
+    elif not live:
+        synced = cond.condition(
+            cond.ROUTER_CONFIG_SYNCED,
+            None,
+            "Probing",
+            "no healthy endpoint to compare the config with yet",
+            generation,
+        )
+    else:
+        synced = cond.condition(
+            cond.ROUTER_CONFIG_SYNCED,
+            True,
+            "ConfigSynced",
+            f"{len(live)} healthy endpoint(s) serve the current config",
+            generation,
+        )
+
+    routers = [
+        {
+            "address": v.address,
+            "healthy": bool(v.healthy),
+            "configSynced": bool(v.synced),
+            "message": v.message,
+            **({"lastProbeTime": v.last_probe_time} if v.last_probe_time else {}),
+        }
+        for v in views
+    ]
+    ready = healthy["status"] == "True" and synced["status"] == "True"
+    return RouterReport(conditions=[healthy, synced], routers=routers, ready=ready)
+
+
+def _list(views: Sequence[EndpointView]) -> str:
+    return "; ".join(f"{v.address}: {v.message}" for v in views)
+
+
+# -- the prober ----------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Endpoint:
+    """One probed endpoint of one StaticRoute, as the scheduler tracks it."""
+
+    route: Key
+    check: HealthCheck
+    state: EndpointState
     changed_at: str | None = None
-    generation: int = 0  # bumped when removed or re-added, to drop stale heap entries
+    due: float = 0.0  # when the next probe is due; older heap entries are stale
+    task: asyncio.Task[None] | None = None  # the probe in flight, if any
 
 
 @dataclass
@@ -90,8 +325,8 @@ class Prober:
     def __init__(
         self,
         *,
-        services: Informer,
-        endpointslices: Informer,
+        services: ObjectCache,
+        endpointslices: ObjectCache,
         metrics: Metrics,
         enqueue: Callable[[Key], None],
         concurrency: int,
@@ -109,8 +344,10 @@ class Prober:
         self._own_session = session is None
         self._now = now or (lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         self._routes: dict[Key, _Route] = {}
-        self._endpoints: dict[tuple[Key, str], _Endpoint] = {}
-        self._heap: list[tuple[float, int, Key, str, int]] = []
+        # StaticRoute -> address -> endpoint
+        self._endpoints: dict[Key, dict[str, _Endpoint]] = {}
+        # (due, sequence, endpoint); an entry whose endpoint was dropped is skipped
+        self._heap: list[tuple[float, int, _Endpoint]] = []
         self._sequence = 0
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -145,8 +382,8 @@ class Prober:
     def forget(self, namespace: str, name: str) -> None:
         key = (namespace, name)
         self._routes.pop(key, None)
-        for ep_key in [k for k in self._endpoints if k[0] == key]:
-            self._endpoints.pop(ep_key).generation += 1
+        for endpoint in self._endpoints.pop(key, {}).values():
+            self._drop(endpoint)
         self._metrics.forget_staticroute(namespace, name)
 
     def sync(
@@ -187,7 +424,9 @@ class Prober:
                 else:
                     state.services.add(state.ref)
                     addresses.extend(found)
-        if spec.router_selector is not None and state.problem is None:
+        if spec.router_selector is not None:
+            # Registered even when routerRef has a problem, so that a matching Service
+            # created later still brings this StaticRoute back.
             state.selector = (key[0], spec.router_selector)
             matched = [
                 svc
@@ -201,7 +440,7 @@ class Prober:
             if not matched and spec.router_ref is None:
                 state.problem = (
                     "RouterNotFound",
-                    "no Service in this namespace matches spec.routerSelector",
+                    f"no Service in namespace {key[0]} matches spec.routerSelector",
                 )
         if state.problem is None and not addresses:
             state.problem = ("NoEndpoints", "the router Service has no ready endpoints")
@@ -230,6 +469,7 @@ class Prober:
         scheme = "https" if port_name == "https" else "http"
         found: list[str] = []
         saw_slice = False
+        # A Service may have several EndpointSlices, each with its own port list.
         for eps in self._slices.items(service[0]):
             labels = eps["metadata"].get("labels") or {}
             if labels.get(SERVICE_NAME_LABEL) != service[1]:
@@ -255,117 +495,58 @@ class Prober:
         return [f"{scheme}://{host}:{port}"]
 
     def _set_endpoints(self, key: Key, addresses: list[str], check: HealthCheck) -> None:
-        wanted = set(addresses)
-        for ep_key in [k for k in self._endpoints if k[0] == key and k[1] not in wanted]:
-            self._endpoints.pop(ep_key).generation += 1
+        current = self._endpoints.setdefault(key, {})
+        for address in [a for a in current if a not in addresses]:
+            self._drop(current.pop(address))
         for address in addresses:
-            endpoint = self._endpoints.get((key, address))
+            endpoint = current.get(address)
             if endpoint is None:
-                endpoint = _Endpoint(route=key, address=address, check=check)
-                self._endpoints[(key, address)] = endpoint
+                endpoint = _Endpoint(route=key, check=check, state=EndpointState(address))
+                current[address] = endpoint
                 self._schedule(endpoint, 0.0)
             elif endpoint.check != check:
                 endpoint.check = check
+                if endpoint.task is None:  # a new period applies now, not after the old one
+                    self._schedule(endpoint, 0.0)
+        if not current:
+            del self._endpoints[key]
+
+    def _drop(self, endpoint: _Endpoint) -> None:
+        """Stop probing an endpoint; a probe in flight is abandoned, freeing its slot."""
+        if endpoint.task is not None:
+            endpoint.task.cancel()
+            endpoint.task = None
+
+    def _tracked(self, endpoint: _Endpoint) -> bool:
+        return self._endpoints.get(endpoint.route, {}).get(endpoint.state.address) is endpoint
 
     # -- the report --------------------------------------------------------------------
 
     def _report(self, key: Key, generation: int | None) -> RouterReport:
         route = self._routes[key]
-        endpoints = [e for (k, _), e in sorted(self._endpoints.items()) if k == key]
-        unhealthy = [e for e in endpoints if e.healthy is False]
-        self._metrics.routers_unhealthy.labels(*key).set(len(unhealthy))
-        if route.problem is not None:
-            reason, message = route.problem
-            return RouterReport(
-                conditions=[
-                    cond.condition(cond.ROUTER_HEALTHY, False, reason, message, generation),
-                    cond.condition(cond.ROUTER_CONFIG_SYNCED, None, reason, message, generation),
-                ],
-                routers=[],
-                ready=False,
+        endpoints = self._endpoints.get(key, {})
+        views = [
+            replace(
+                endpoints[a].state.view(route.expected), last_probe_time=endpoints[a].changed_at
             )
-        if unhealthy:
-            healthy = cond.condition(
-                cond.ROUTER_HEALTHY,
-                False,
-                "RouterUnhealthy",
-                "; ".join(f"{e.address}: {e.message}" for e in unhealthy),
-                generation,
-            )
-        elif any(e.healthy is None for e in endpoints):
-            healthy = cond.condition(
-                cond.ROUTER_HEALTHY,
-                None,
-                "Probing",
-                f"waiting for the first probes of {len(endpoints)} endpoint(s)",
-                generation,
-            )
-        else:
-            healthy = cond.condition(
-                cond.ROUTER_HEALTHY,
-                True,
-                "RouterHealthy",
-                f"{len(endpoints)} endpoint(s) healthy",
-                generation,
-            )
-        live = [e for e in endpoints if e.healthy]
-        stale = [e for e in live if e.synced is False]
-        if route.expected is None:
-            synced = cond.condition(
-                cond.ROUTER_CONFIG_SYNCED,
-                None,
-                "NoConfig",
-                "no ConfigMap of ours to compare with",
-                generation,
-            )
-        elif stale:
-            synced = cond.condition(
-                cond.ROUTER_CONFIG_SYNCED,
-                False,
-                "ConfigSyncPending",
-                "; ".join(f"{e.address}: {e.message}" for e in stale)
-                + " (a router re-reads its file about every 10 s after the kubelet updates "
-                "the mounted ConfigMap)",
-                generation,
-            )
-        elif not live or any(e.synced is None for e in live):
-            synced = cond.condition(
-                cond.ROUTER_CONFIG_SYNCED,
-                None,
-                "Probing",
-                "no healthy endpoint has answered yet",
-                generation,
-            )
-        else:
-            synced = cond.condition(
-                cond.ROUTER_CONFIG_SYNCED,
-                True,
-                "ConfigSynced",
-                f"{len(live)} endpoint(s) serve the current config",
-                generation,
-            )
-        routers = [
-            {
-                "address": e.address,
-                "healthy": bool(e.healthy),
-                "configSynced": bool(e.synced),
-                "message": e.message,
-                **({"lastProbeTime": e.changed_at} if e.changed_at else {}),
-            }
-            for e in endpoints
+            for a in sorted(endpoints)
         ]
-        ready = healthy["status"] == "True" and synced["status"] == "True"
-        return RouterReport(conditions=[healthy, synced], routers=routers, ready=ready)
+        self._metrics.routers_unhealthy.labels(*key).set(
+            sum(1 for v in views if v.healthy is False)
+        )
+        return build_report(
+            views,
+            problem=route.problem,
+            has_config=route.expected is not None,
+            generation=generation,
+        )
 
     # -- the scheduler -----------------------------------------------------------------
 
     def _schedule(self, endpoint: _Endpoint, delay: float) -> None:
         self._sequence += 1
-        due = asyncio.get_running_loop().time() + delay
-        heapq.heappush(
-            self._heap,
-            (due, self._sequence, endpoint.route, endpoint.address, endpoint.generation),
-        )
+        endpoint.due = asyncio.get_running_loop().time() + delay
+        heapq.heappush(self._heap, (endpoint.due, self._sequence, endpoint))
         self._wake.set()
 
     async def start(self) -> None:
@@ -380,11 +561,17 @@ class Prober:
                 self._wake.clear()
                 now = loop.time()
                 while self._heap and self._heap[0][0] <= now:
-                    _, _, route, address, generation = heapq.heappop(self._heap)
-                    endpoint = self._endpoints.get((route, address))
-                    if endpoint is None or endpoint.generation != generation:
+                    due, _, endpoint = heapq.heappop(self._heap)
+                    if (
+                        not self._tracked(endpoint)
+                        or endpoint.due != due
+                        or endpoint.task is not None
+                    ):
                         continue
-                    task = asyncio.create_task(self._probe(endpoint), name=f"probe {address}")
+                    task = asyncio.create_task(
+                        self._probe(endpoint), name=f"probe {endpoint.state.address}"
+                    )
+                    endpoint.task = task
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
                 timeout = self._heap[0][0] - now if self._heap else None
@@ -405,76 +592,51 @@ class Prober:
             self._session = None
 
     async def _probe(self, endpoint: _Endpoint) -> None:
+        loop = asyncio.get_running_loop()
         check = endpoint.check
-        started = asyncio.get_running_loop().time()
+        started = loop.time()
         async with self._limit:
-            ok, synced, message = await self._get_health(endpoint, check.timeout_seconds)
-        if self._endpoints.get((endpoint.route, endpoint.address)) is not endpoint:
+            result = await self._get_health(endpoint.state.address, check.timeout_seconds)
+        endpoint.task = None
+        if not self._tracked(endpoint):
             return  # removed while probing
-        self._metrics.probe_duration.labels(*endpoint.route).observe(
-            asyncio.get_running_loop().time() - started
+        key = endpoint.route
+        self._metrics.probe_duration.labels(*key).observe(loop.time() - started)
+        route = self._routes.get(key)
+        expected = route.expected if route is not None else None
+        before = endpoint.state.view(expected)
+        endpoint.state.observe(result, check)
+        after = endpoint.state.view(expected)
+        outcome = (
+            "unhealthy" if not result.ok else ("stale" if after.synced is False else "healthy")
         )
-        result = "healthy" if ok and synced is not False else ("stale" if ok else "unhealthy")
-        self._metrics.probe_total.labels(*endpoint.route, result).inc()
-        before = (endpoint.healthy, endpoint.synced, endpoint.message)
-        if ok:
-            endpoint.successes += 1
-            endpoint.failures = 0
-            if endpoint.successes >= check.success_threshold:
-                endpoint.healthy = True
-            if endpoint.healthy is not False:
-                endpoint.synced, endpoint.message = synced, message
-        else:
-            endpoint.failures += 1
-            endpoint.successes = 0
-            if endpoint.failures >= check.failure_threshold:
-                endpoint.healthy = False
-            if endpoint.healthy is not True:  # a healthy endpoint keeps its state below threshold
-                endpoint.message = message
-        if (endpoint.healthy, endpoint.synced, endpoint.message) != before:
+        self._metrics.probe_total.labels(*key, outcome).inc()
+        if after != before:
             endpoint.changed_at = self._now()
-            self._enqueue(endpoint.route)
-        self._schedule(
-            endpoint, max(0.0, started + check.period_seconds - asyncio.get_running_loop().time())
-        )
+            self._enqueue(key)
+        self._schedule(endpoint, max(0.0, started + endpoint.check.period_seconds - loop.time()))
 
-    async def _get_health(
-        self, endpoint: _Endpoint, timeout: float
-    ) -> tuple[bool, bool | None, str]:
-        """(answered healthy, config synced or None when unknown, what happened)."""
-        assert self._session is not None
-        url = f"{endpoint.address}/health"
+    async def _get_health(self, address: str, timeout: float) -> ProbeResult:
+        if self._session is None:
+            raise RuntimeError("Prober.start() has not run")
         try:
-            async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            async with self._session.get(
+                f"{address}/health",
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                allow_redirects=False,
+            ) as resp:
                 body = await resp.read()
-                if resp.status != 200:
-                    return False, None, f"GET /health answered {resp.status} {resp.reason}"
+                return read_health(resp.status, resp.reason or "", body)
         except TimeoutError:
-            return False, None, f"GET /health timed out after {timeout}s"
+            return ProbeResult(False, f"GET /health timed out after {timeout:g}s")
         except aiohttp.ClientConnectorError as err:
-            return False, None, f"cannot connect: {err.os_error.strerror or err}"
-        except aiohttp.ClientError as err:
-            return False, None, f"GET /health failed: {type(err).__name__}: {err}"
-        try:
-            answer = json.loads(body)
-        except ValueError:
-            return False, None, "GET /health answered 200 but not with JSON"
-        if not isinstance(answer, dict):
-            return False, None, "GET /health answered 200 but not with a JSON object"
-        route = self._routes.get(endpoint.route)
-        expected = route.expected if route else None
-        if expected is None:
-            return True, None, "healthy"
-        if "dynamic_config" not in answer or not isinstance(answer["dynamic_config"], dict):
-            return (
-                True,
-                False,
-                (
-                    "healthy, but /health has no dynamic_config: is the router started with "
-                    "--dynamic-config-json?"
-                ),
-            )
-        different = config_mismatches(expected, answer["dynamic_config"])
-        if different:
-            return True, False, f"serves an older config ({', '.join(different)} differ)"
-        return True, True, "healthy, serving the current config"
+            return ProbeResult(False, f"cannot connect: {_describe(err.os_error)}")
+        except Exception as err:  # whatever went wrong is this probe's failure, not the prober's
+            return ProbeResult(False, f"GET /health failed: {type(err).__name__}: {err}")
+
+
+def _describe(err: OSError) -> str:
+    """The reason a connection failed, e.g. "Connection refused" (not asyncio's wording)."""
+    if isinstance(err.errno, int) and err.errno > 0:
+        return os.strerror(err.errno)
+    return err.strerror or str(err) or type(err).__name__

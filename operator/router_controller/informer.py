@@ -84,6 +84,7 @@ class Informer:
         self.synced = asyncio.Event()
         self.restarts = 0  # watch streams re-opened for any reason
         self.relists = 0  # lists after an expired (410) watch
+        self.tasks: list[asyncio.Task[None]] = []  # one watch task per scope, once started
 
     # -- reads -------------------------------------------------------------------------
 
@@ -129,11 +130,13 @@ class Informer:
     async def start(self) -> None:
         """Run one watch task per scope until cancelled."""
         async with asyncio.TaskGroup() as group:
-            for scope in self._scopes:
+            self.tasks = [
                 group.create_task(
                     self._run_scope(scope),
                     name=f"watch {self.resource.plural} in {scope or 'all namespaces'}",
                 )
+                for scope in self._scopes
+            ]
 
     async def _run_scope(self, scope: str | None) -> None:
         bound = log.bind(resource=self.resource.plural, scope=scope or "*")

@@ -166,8 +166,14 @@ class Kube:
         )
 
     @classmethod
-    async def connect(cls, *, kubeconfig: str | None, metrics: Metrics) -> Kube:
-        return cls(configuration=await load_configuration(kubeconfig), metrics=metrics)
+    async def connect(
+        cls, *, kubeconfig: str | None, metrics: Metrics, user_agent: str = "router-controller"
+    ) -> Kube:
+        return cls(
+            configuration=await load_configuration(kubeconfig),
+            metrics=metrics,
+            user_agent=user_agent,
+        )
 
     @property
     def host(self) -> str:
@@ -258,7 +264,7 @@ class Kube:
                 headers=await self._headers(None),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=stall_timeout),
             ) as response:
-                self._count(response.status, "WATCH")
+                self._count(response.status, "GET")  # client-go counts a watch as a GET
                 if response.status >= 400:
                     raw = await response.read()
                     try:
@@ -269,7 +275,7 @@ class Kube:
                 async for line in _lines(response.content):
                     yield json.loads(line)
         except (aiohttp.ClientError, TimeoutError):
-            self._count("<error>", "WATCH")
+            self._count("<error>", "GET")
             raise
 
 

@@ -6,13 +6,17 @@ once. Deadlines are measured on the monotonic clock, never on wall time, and the
 Lease's times are written as Kubernetes MicroTime (RFC3339 UTC with microseconds).
 
 - A candidate takes the Lease when it is free or when its holder has not renewed
-  it for ``lease_duration`` as observed locally (no trust in other clocks);
-  ``leaseTransitions`` counts each change of holder.
-- The leader renews every ``retry_period``; if it cannot renew within
-  ``renew_deadline`` it has lost the lease: :attr:`lost` is set, and the manager
-  stops every write at once and exits non-zero.
-- :meth:`release` (on graceful shutdown) empties the holder so a successor takes
-  over at once instead of waiting for the lease to expire.
+  it for ``leaseDurationSeconds`` as observed locally: the candidate trusts no other
+  clock, it only times how long the Lease has stayed unchanged. ``leaseTransitions``
+  counts each change of holder.
+- The leader renews every ``retry_period``. Each attempt is cut off at the renew
+  deadline, counted from the start of the last successful renewal (the latest moment
+  the API server can have stamped it), so a hung request cannot keep a leader past
+  the moment a candidate may take over. When the deadline passes the lease is lost:
+  :attr:`lost` is set, and the manager stops every write at once and exits non-zero.
+- :meth:`release` (on graceful shutdown) empties the holder and shortens the lease
+  to one second, as client-go does, so a successor takes over at once instead of
+  waiting for the lease to expire.
 
 kubernetes-asyncio ships a ``leaderelection`` module, but it measures deadlines on
 wall-clock time, never increments ``leaseTransitions`` and writes naive timestamps.
@@ -22,22 +26,45 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import math
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import aiohttp
 import structlog
 
-from router_controller.kube import LEASES, ApiError, Conflict, Kube, NotFound, Object
+from router_controller.kube import LEASES, ApiError, Conflict, NotFound, Object
 from router_controller.metrics import Metrics
 from router_controller.settings import LeaderElection
 
 log = structlog.get_logger("leader")
 
+_FAILURES = (ApiError, aiohttp.ClientError, TimeoutError)
+
 
 def micro_time(moment: datetime.datetime) -> str:
+    """Kubernetes MicroTime: RFC3339 in UTC with exactly six fractional digits.
+
+    A naive ``moment`` is taken to be UTC already (never local time).
+    """
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
     return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+class LeaseApi(Protocol):
+    """The three calls election makes (:class:`~router_controller.kube.Kube` has them)."""
+
+    async def get(self, path: str, **params: str) -> Object: ...
+
+    async def create(self, path: str, body: Object) -> Object: ...
+
+    async def replace(self, path: str, body: Object) -> Object: ...
 
 
 class LeaderElector:
@@ -46,13 +73,14 @@ class LeaderElector:
     def __init__(
         self,
         *,
-        kube: Kube,
+        kube: LeaseApi,
         settings: LeaderElection,
         namespace: str,
         identity: str,
         metrics: Metrics,
         monotonic: Callable[[], float] = time.monotonic,
-        wall: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        wall: Callable[[], datetime.datetime] = _utcnow,
     ) -> None:
         self._kube = kube
         self._settings = settings
@@ -61,45 +89,58 @@ class LeaderElector:
         self._namespace = namespace
         self.identity = identity
         self._monotonic = monotonic
+        self._sleep = sleep
         self._wall = wall
         self._gauge = metrics.leader.labels(settings.lease_name)
         self._gauge.set(0)
         self.elected = asyncio.Event()
         self.lost = asyncio.Event()
-        self._observed: Object | None = None  # the last lease body seen
-        self._observed_spec: dict[str, Any] | None = None
-        self._observed_at = 0.0  # monotonic time it last changed
+        self._observed_spec: dict[str, Any] | None = None  # the last lease spec seen
+        self._observed_at = 0.0  # monotonic time it was first seen
+
+    @property
+    def lease(self) -> str:
+        return f"{self._namespace}/{self._settings.lease_name}"
 
     async def run(self) -> None:
         """Acquire, then renew until the lease is lost (returns) or the task is cancelled."""
         retry = self._settings.retry_period
-        while not await self._try_acquire_or_renew():  # noqa: ASYNC110 - polling the Lease is the protocol
-            await asyncio.sleep(retry)
+        log.info("waiting for leadership", lease=self.lease, identity=self.identity)
+        while True:
+            started = self._monotonic()
+            # An attempt to acquire may take as long as a renewal may.
+            if await self._try_acquire_or_renew(started + self._settings.renew_deadline):
+                break
+            await self._sleep(retry)
         self.elected.set()
         self._gauge.set(1)
-        log.info("became leader", lease=self._settings.lease_name, identity=self.identity)
-        last_renew = self._monotonic()
+        log.info("became leader", lease=self.lease, identity=self.identity)
+        deadline = started + self._settings.renew_deadline
         while True:
-            await asyncio.sleep(retry)
-            if await self._try_acquire_or_renew():
-                last_renew = self._monotonic()
+            await self._sleep(retry)
+            started = self._monotonic()
+            if started < deadline and await self._try_acquire_or_renew(deadline):
+                deadline = started + self._settings.renew_deadline
                 continue
-            if self._monotonic() - last_renew >= self._settings.renew_deadline:
+            if self._monotonic() >= deadline:
                 self._gauge.set(0)
                 self.lost.set()
-                log.error("lost leadership", lease=self._settings.lease_name)
+                log.error("lost leadership", lease=self.lease, identity=self.identity)
                 return
 
-    async def _try_acquire_or_renew(self) -> bool:
+    async def _try_acquire_or_renew(self, deadline: float) -> bool:
+        remaining = deadline - self._monotonic()
+        if remaining <= 0:
+            return False
         try:
-            return await self._attempt()
-        except (ApiError, aiohttp.ClientError, TimeoutError) as err:
-            log.warning("lease update failed", error=str(err))
+            async with asyncio.timeout(remaining):
+                return await self._attempt()
+        except _FAILURES as err:
+            log.warning("lease update failed", lease=self.lease, error=str(err) or repr(err))
             return False
 
     async def _attempt(self) -> bool:
         now_wall = micro_time(self._wall())
-        now = self._monotonic()
         try:
             lease = await self._kube.get(self._path)
         except NotFound:
@@ -112,15 +153,15 @@ class LeaderElector:
             try:
                 created = await self._kube.create(self._collection, body)
             except Conflict:
-                return False
-            self._observe(created, now)
+                return False  # another candidate created it first
+            self._observe(created)
             return True
         spec = lease.get("spec") or {}
-        if spec != self._observed_spec:
-            self._observe(lease, now)
+        self._observe(lease)
         holder = spec.get("holderIdentity") or ""
         duration = float(spec.get("leaseDurationSeconds") or self._settings.lease_duration)
-        if holder and holder != self.identity and now < self._observed_at + duration:
+        expired = self._monotonic() >= self._observed_at + duration
+        if holder and holder != self.identity and not expired:
             return False  # held by someone else, and not expired as seen from here
         transitions = int(spec.get("leaseTransitions") or 0)
         acquire = spec.get("acquireTime") or now_wall
@@ -131,40 +172,56 @@ class LeaderElector:
         try:
             updated = await self._kube.replace(self._path, lease)
         except Conflict:
-            return False
-        self._observe(updated, now)
+            return False  # changed since our read: someone else renewed or took it
+        self._observe(updated)
         return True
 
     def _spec(self, acquire: str, renew: str, transitions: int) -> dict[str, Any]:
         return {
             "holderIdentity": self.identity,
-            "leaseDurationSeconds": round(self._settings.lease_duration),
+            "leaseDurationSeconds": max(1, math.ceil(self._settings.lease_duration)),
             "acquireTime": acquire,
             "renewTime": renew,
             "leaseTransitions": transitions,
         }
 
-    def _observe(self, lease: Object, now: float) -> None:
-        self._observed = lease
-        self._observed_spec = lease.get("spec") or {}
-        self._observed_at = now
+    def _observe(self, lease: Object) -> None:
+        """Remember when the lease spec last changed, on our own monotonic clock."""
+        spec = lease.get("spec") or {}
+        if spec != self._observed_spec:
+            self._observed_spec = spec
+            self._observed_at = self._monotonic()
 
     async def release(self) -> None:
-        """Give the lease up so that a successor need not wait for it to expire."""
+        """Give the lease up so that a successor need not wait for it to expire.
+
+        Call it only after every write has stopped. Reads the lease afresh, so an
+        election attempt cancelled half-way (its update applied, its answer lost) is
+        released too; a lease held by someone else is left alone.
+        """
         self._gauge.set(0)
-        if not self.elected.is_set() or self.lost.is_set() or self._observed is None:
+        if self.lost.is_set():
             return
-        lease = dict(self._observed)
-        spec = dict(lease.get("spec") or {})
-        if spec.get("holderIdentity") != self.identity:
-            return
-        now_wall = micro_time(self._wall())
-        spec.update(
-            holderIdentity=None, leaseDurationSeconds=1, acquireTime=now_wall, renewTime=now_wall
-        )
-        lease["spec"] = spec
         try:
-            await self._kube.replace(self._path, lease)
-            log.info("released leadership", lease=self._settings.lease_name)
-        except (ApiError, aiohttp.ClientError, TimeoutError) as err:
-            log.warning("could not release the lease", error=str(err))
+            async with asyncio.timeout(self._settings.renew_deadline):
+                lease = await self._kube.get(self._path)
+                spec = lease.get("spec") or {}
+                if spec.get("holderIdentity") != self.identity:
+                    return
+                now_wall = micro_time(self._wall())
+                lease["spec"] = {
+                    "holderIdentity": "",
+                    "leaseDurationSeconds": 1,
+                    "acquireTime": now_wall,
+                    "renewTime": now_wall,
+                    "leaseTransitions": int(spec.get("leaseTransitions") or 0),
+                }
+                await self._kube.replace(self._path, lease)
+        except NotFound:
+            return
+        except _FAILURES as err:
+            log.warning(
+                "could not release the lease", lease=self.lease, error=str(err) or repr(err)
+            )
+            return
+        log.info("released leadership", lease=self.lease, identity=self.identity)

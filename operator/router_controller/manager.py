@@ -198,6 +198,11 @@ class Manager:
 
     async def run(self, stop: asyncio.Event) -> int:
         """Run until ``stop`` is set (exit 0) or the lease is lost (exit 1)."""
+        log.info(
+            "starting",
+            identity=self.identity,
+            leader_election=self.elector.lease if self.elector else False,
+        )
         await self.servers.start()
         self.running.set()
         try:
@@ -210,14 +215,19 @@ class Manager:
         async with asyncio.TaskGroup() as group:
             stopping = group.create_task(stop.wait(), name="wait for stop")
             election: asyncio.Task[None] | None = None
+            lost: asyncio.Task[bool]
             if self.elector is not None:
                 election = group.create_task(self.elector.run(), name="leader election")
+                lost = group.create_task(self.elector.lost.wait(), name="wait for lost lease")
                 elected = group.create_task(self.elector.elected.wait(), name="wait for election")
                 await asyncio.wait({stopping, elected}, return_when=asyncio.FIRST_COMPLETED)
-                if stopping.done():
+                if stopping.done():  # stopped while standing by: nothing was written
                     elected.cancel()
-                    election.cancel()
+                    lost.cancel()
+                    await self._release(self.elector, election)
                     return 0
+            else:
+                lost = group.create_task(asyncio.Event().wait(), name="no lease to lose")
             log.info(
                 "starting workers",
                 namespaces=list(self.settings.namespaces) or "all",
@@ -229,27 +239,41 @@ class Manager:
             ]
             workers = group.create_task(self.controller.start(), name="workers")
             probes = group.create_task(self.prober.start(), name="probes")
-            lost = group.create_task(
-                self.elector.lost.wait() if self.elector else asyncio.Event().wait(),
-                name="wait for lost lease",
-            )
             await asyncio.wait({stopping, lost}, return_when=asyncio.FIRST_COMPLETED)
             if lost.done():
-                log.error("leader lease lost: stopping all writes and exiting")
-                for task in (*watches, workers, probes, stopping):
-                    task.cancel()
-                return 1
-            lost.cancel()
-            log.info("shutting down", timeout=self.settings.shutdown_timeout)
+                return self._abandon(stopping, *watches, workers, probes)
+            log.info(
+                "shutting down", timeout=self.settings.shutdown_timeout, queued=self.queue.depth
+            )
             for task in (*watches, probes):
                 task.cancel()
-            drained = await self.queue.shutdown(self.settings.shutdown_timeout)
-            if not drained:
-                log.warning("in-flight reconciles did not finish in time")
+            # The leader keeps renewing while in-flight reconciles finish; should it
+            # lose the lease meanwhile, they are cut short, as on any lost lease.
+            drain = group.create_task(
+                self.queue.shutdown(self.settings.shutdown_timeout), name="drain the queue"
+            )
+            await asyncio.wait({drain, lost}, return_when=asyncio.FIRST_COMPLETED)
+            if not drain.done():
+                return self._abandon(drain, workers)
+            if not drain.result():
+                log.warning("in-flight reconciles did not finish in time; cancelling them")
             workers.cancel()
+            await asyncio.wait([workers])
+            lost.cancel()
             if self.elector is not None and election is not None:
-                election.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await election
-                await asyncio.shield(self.elector.release())
+                await self._release(self.elector, election)
         return 0
+
+    def _abandon(self, *tasks: asyncio.Task[object]) -> int:
+        """The lease is lost: cancel every task that could write, at once; exit code 1."""
+        log.error("leader lease lost: stopping all writes and exiting")
+        for task in tasks:
+            task.cancel()
+        return 1
+
+    @staticmethod
+    async def _release(elector: LeaderElector, election: asyncio.Task[None]) -> None:
+        """Stop campaigning, then hand the lease over (also if won a moment ago)."""
+        election.cancel()
+        await asyncio.wait([election])
+        await asyncio.shield(elector.release())

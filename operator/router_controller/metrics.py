@@ -9,6 +9,12 @@ StaticRoutes, never by endpoints.
 
 One :class:`Metrics` object owns one registry; it is passed in wherever something
 is counted, so tests get a fresh one each.
+
+prometheus_client names a counter without its ``_total`` suffix and appends it when
+exporting (``Counter("workqueue_adds")`` exports ``workqueue_adds_total``; a name that
+already ends in ``_total`` has it stripped first, so either spelling exports the same).
+It also exports a ``*_created`` series per counter and histogram, which Go's client
+does not: that is switched off, so a scrape holds the series controller-runtime's does.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
 )
 
 # controller-runtime's reconcile_time_seconds buckets.
@@ -39,6 +46,7 @@ class Metrics:
     """Every metric the operator exports, registered on one registry."""
 
     def __init__(self, *, registry: CollectorRegistry | None = None, process: bool = True) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
         self.registry = registry or CollectorRegistry()
         if process:
             ProcessCollector(registry=self.registry)
@@ -152,16 +160,25 @@ class Metrics:
         )
 
     def init_controller(self, controller: str, workers: int) -> None:
-        """Create every series of a controller at 0, as controller-runtime does."""
+        """Create every series of a controller at 0, as controller-runtime does.
+
+        controller-runtime creates the reconcile counters and worker gauges when the
+        controller starts, and client-go's queue creates all its series (histograms
+        too) with the queue; the reconcile histogram is created here as well, so that
+        every name is in the first scrape.
+        """
         for result in RESULTS:
             self.reconcile_total.labels(controller, result)
         self.reconcile_errors.labels(controller)
         self.terminal_errors.labels(controller)
         self.max_concurrent.labels(controller).set(workers)
         self.active_workers.labels(controller).set(0)
+        self.reconcile_time.labels(controller)
         for metric in (
             self.queue_depth,
             self.queue_adds,
+            self.queue_latency,
+            self.work_duration,
             self.unfinished_work,
             self.longest_running,
             self.queue_retries,

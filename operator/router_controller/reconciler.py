@@ -13,6 +13,10 @@ result. It:
    ``configMapName`` is deleted;
 3. writes status through the status subresource only when it changed, with
    optimistic concurrency, retrying from fresh state on 409.
+
+A ConfigMap call that RBAC refuses is said on the status (``ConfigMapReady=False``,
+reason ``Forbidden``, naming the verb and resource) and retried with backoff, so a
+missing permission is visible with ``kubectl get`` and heals once it is granted.
 """
 
 from __future__ import annotations
@@ -169,8 +173,13 @@ class StaticRouteReconciler:
             return await self._invalid(route, str(err), generation)
 
         cm_name = config_map_name(meta["name"], spec)
-        await self._delete_stale(route, cm_name)
-        outcome = await self._apply_configmap(route, cm_name, rendered)
+        try:
+            await self._delete_stale(route, cm_name)
+            outcome = await self._apply_configmap(route, cm_name, rendered)
+        except Forbidden as err:
+            if "being terminated" not in err.message:
+                await self._forbidden(route, cm_name, err, generation)
+            raise  # retried with backoff: the permission may be granted meanwhile
 
         status: dict[str, Any] = dict(route.get("status") or {})
         desired: list[dict[str, Any]] = []
@@ -229,6 +238,31 @@ class StaticRouteReconciler:
         ):
             await self._recorder.record(route, "Warning", "InvalidSpec", message)
         return Result()
+
+    async def _forbidden(
+        self, route: Object, cm_name: str, err: Forbidden, generation: int | None
+    ) -> None:
+        """Say on the status that RBAC stops the operator from managing the ConfigMap."""
+        text = (
+            f"the operator is not allowed to manage ConfigMap {cm_name}: {err.message}. "
+            "Grant its service account the rules of config/rbac/role.yaml"
+        )
+        before = (route.get("status") or {}).get("conditions")
+        others = [
+            c for c in before or [] if c.get("type") not in (cond.CONFIG_MAP_READY, cond.READY)
+        ]
+        desired = [
+            *others,
+            cond.condition(cond.CONFIG_MAP_READY, False, "Forbidden", text, generation),
+            cond.condition(cond.READY, False, "Forbidden", text, generation),
+        ]
+        try:
+            await self._write_status(route, dict(route.get("status") or {}), desired, generation)
+        except (Forbidden, Conflict) as status_err:  # the original error is what matters
+            log.warning("could not report the missing permission", error=str(status_err))
+            return
+        if cond.flipped(before, desired, cond.CONFIG_MAP_READY):
+            await self._recorder.record(route, "Warning", "Forbidden", text)
 
     # -- ConfigMap ---------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ Like a kubebuilder manager, metrics are served on ``--metrics-bind-address`` and
 server authenticates (TokenReview) and authorizes for ``get`` on the non-resource URL
 ``/metrics`` (SubjectAccessReview) — the ``metrics-reader`` ClusterRole. Results are
 cached briefly so that a scrape every few seconds costs no API calls. Without a
-mounted certificate a self-signed one is generated in memory at start.
+mounted certificate (``--metrics-cert-path``) a self-signed one is generated at start;
+its key touches the disk only for the moment the TLS context loads it.
 
 HTTP/2 is never offered (ALPN advertises http/1.1 only): aiohttp's server speaks
 HTTP/1.1, which is also what ``--enable-http2=false`` (the default, and kubebuilder's
@@ -20,7 +21,7 @@ import os
 import ssl
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,20 +36,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from router_controller.kube import ApiError, Kube
 from router_controller.metrics import Metrics
-from router_controller.settings import Serving
+from router_controller.settings import Serving, parse_bind
 
 log = structlog.get_logger("server")
 
 Check = Callable[[], bool]
 _AUTH_CACHE_SECONDS = 10.0
-
-
-def parse_bind(address: str) -> tuple[str, int] | None:
-    """``":8443"`` -> ("0.0.0.0", 8443); ``"127.0.0.1:0"`` -> as given; ``"0"`` -> None (off)."""
-    if address in ("0", ""):
-        return None
-    host, _, port = address.rpartition(":")
-    return (host or "0.0.0.0", int(port))
 
 
 @dataclass
@@ -59,22 +52,39 @@ class Checks:
     ready: dict[str, Check]
 
 
-def _check_handler(checks: dict[str, Check]) -> Callable[[web.Request], Awaitable[web.Response]]:
-    async def handle(request: web.Request) -> web.Response:
-        results = {name: check() for name, check in checks.items()}
-        ok = all(results.values())
-        if "verbose" in request.query:
-            lines = [
-                f"[{'+' if passed else '-'}]{name} {'ok' if passed else 'failed'}"
-                for name, passed in results.items()
-            ]
-            lines.append("healthz check passed" if ok else "healthz check failed")
-            text = "\n".join(lines) + "\n"
-        else:
-            text = "ok" if ok else "failed: " + ",".join(n for n, p in results.items() if not p)
-        return web.Response(text=text, status=200 if ok else 503)
+def _check_handlers(app: web.Application, parent: str, checks: dict[str, Check]) -> None:
+    """``/<parent>`` runs every check, ``/<parent>/<name>`` one, as controller-runtime's healthz.
 
-    return handle
+    The answer is ``ok`` (200) or, with ``?verbose`` or on any failure, one
+    ``[+]name ok`` / ``[-]name failed`` line per check and a summary (503 on failure).
+    ``?exclude=name`` (repeatable) leaves checks out.
+    """
+
+    def respond(request: web.Request, selected: dict[str, Check]) -> web.Response:
+        excluded = set(request.query.getall("exclude", []))
+        results = {name: check() for name, check in selected.items() if name not in excluded}
+        failed = [name for name, passed in results.items() if not passed]
+        if not failed and "verbose" not in request.query:
+            return web.Response(text="ok")
+        lines = [
+            f"[+]{name} ok" if passed else f"[-]{name} failed: reason withheld"
+            for name, passed in results.items()
+        ]
+        lines.extend(f"[+]{name} excluded: ok" for name in sorted(excluded & selected.keys()))
+        lines.append(f"{parent} check {'failed' if failed else 'passed'}")
+        return web.Response(text="\n".join(lines) + "\n", status=503 if failed else 200)
+
+    async def all_checks(request: web.Request) -> web.Response:
+        return respond(request, checks)
+
+    async def one_check(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in checks:
+            raise web.HTTPNotFound(text=f"no {parent} check named {name!r}\n")
+        return respond(request, {name: checks[name]})
+
+    app.router.add_get(f"/{parent}", all_checks)
+    app.router.add_get(f"/{parent}/{{name}}", one_check)
 
 
 def self_signed(folder: Path) -> tuple[Path, Path]:
@@ -120,9 +130,10 @@ class MetricsAuth:
 
     async def status_for(self, header: str | None) -> int:
         """200, 401 or 403 for a request with this Authorization header."""
-        if not header or not header.startswith("Bearer "):
+        scheme, _, token = (header or "").strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             return 401
-        token = header[len("Bearer ") :].strip()
         cached = self._cache.get(token)
         now = self._clock()
         if cached and cached[0] > now:
@@ -177,23 +188,26 @@ class Servers:
         self._settings = settings
         self._metrics = metrics
         self._checks = checks
-        self._auth = (
-            MetricsAuth(kube=kube) if kube is not None and settings.metrics_secure else None
-        )
+        self._auth: MetricsAuth | None = None
+        if settings.metrics_secure and parse_bind(settings.metrics_bind_address) is not None:
+            if kube is None:  # fail closed: never serve "secure" metrics to anyone
+                raise ValueError("secure metrics need an API client to review tokens")
+            self._auth = MetricsAuth(kube=kube)
         self._runners: list[web.AppRunner] = []
         self.metrics_port: int | None = None
         self.probe_port: int | None = None
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
     async def start(self) -> None:
         probe = parse_bind(self._settings.health_probe_bind_address)
         if probe is not None:
             app = web.Application()
-            app.router.add_get("/healthz", _check_handler(self._checks.health))
-            app.router.add_get("/readyz", _check_handler(self._checks.ready))
+            _check_handlers(app, "healthz", self._checks.health)
+            _check_handlers(app, "readyz", self._checks.ready)
             self.probe_port = await self._listen(app, probe, None)
         bind = parse_bind(self._settings.metrics_bind_address)
         if bind is not None:
+            if self._settings.enable_http2:
+                log.warning("--enable-http2 is accepted but the metrics endpoint serves HTTP/1.1")
             app = web.Application()
             app.router.add_get("/metrics", self._serve_metrics)
             context = self._tls() if self._settings.metrics_secure else None
@@ -206,36 +220,39 @@ class Servers:
         )
 
     async def stop(self) -> None:
-        for runner in self._runners:
+        """Close the listeners; safe to call more than once."""
+        runners, self._runners = self._runners, []
+        for runner in runners:
             await runner.cleanup()
-        self._runners.clear()
-        if self._tmp is not None:
-            self._tmp.cleanup()
 
     async def _listen(
-        self, app: web.Application, bind: tuple[str, int], context: ssl.SSLContext | None
+        self, app: web.Application, bind: tuple[str | None, int], context: ssl.SSLContext | None
     ) -> int:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
+        self._runners.append(runner)
         site = web.TCPSite(runner, bind[0], bind[1], ssl_context=context, reuse_address=True)
         await site.start()
-        self._runners.append(runner)
-        server = site._server  # the bound port when 0 was asked for
-        sockets = getattr(server, "sockets", None) or []
-        return int(sockets[0].getsockname()[1]) if sockets else bind[1]
+        # The bound port, which differs from the one asked for when that was 0.
+        ports = [a[1] for a in runner.addresses if isinstance(a, tuple) and len(a) >= 2]
+        return int(ports[0]) if ports else bind[1]
 
     def _tls(self) -> ssl.SSLContext:
-        if self._settings.metrics_cert_path:
-            folder = Path(self._settings.metrics_cert_path)
-            cert = folder / self._settings.metrics_cert_name
-            key = folder / self._settings.metrics_cert_key
-        else:
-            self._tmp = tempfile.TemporaryDirectory(prefix="metrics-cert-")
-            cert, key = self_signed(Path(self._tmp.name))
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(os.fspath(cert), os.fspath(key))
         context.set_alpn_protocols(["http/1.1"])
+        if self._settings.metrics_cert_path:
+            folder = Path(self._settings.metrics_cert_path)
+            context.load_cert_chain(
+                os.fspath(folder / self._settings.metrics_cert_name),
+                os.fspath(folder / self._settings.metrics_cert_key),
+            )
+            return context
+        # The key lives on disk only while it is loaded.
+        with tempfile.TemporaryDirectory(prefix="metrics-cert-") as folder_name:
+            cert, key = self_signed(Path(folder_name))
+            context.load_cert_chain(os.fspath(cert), os.fspath(key))
+        log.info("serving metrics with a self-signed certificate")
         return context
 
     async def _serve_metrics(self, request: web.Request) -> web.Response:

@@ -8,7 +8,24 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+def parse_bind(address: str) -> tuple[str | None, int] | None:
+    """A Go-style listen address -> (host, port); ``None`` when the endpoint is off.
+
+    ``":8443"`` -> (None, 8443): every interface, IPv4 and IPv6, as Go listens;
+    ``"127.0.0.1:0"`` -> as given (port 0: any free port); ``"[::1]:8080"`` -> ("::1", 8080);
+    ``"0"`` or ``""`` -> None, kubebuilder's way of turning an endpoint off.
+    """
+    if address in ("0", ""):
+        return None
+    host, colon, port = address.rpartition(":")
+    if not colon or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected HOST:PORT or :PORT, got {address!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return (host or None, int(port))
 
 
 class _Frozen(BaseModel):
@@ -23,6 +40,16 @@ class LeaderElection(_Frozen):
     renew_deadline: float = Field(default=10.0, gt=0)
     retry_period: float = Field(default=2.0, gt=0)
 
+    @model_validator(mode="after")
+    def _ordered(self) -> LeaderElection:
+        # client-go's rule: a leader must give up before a candidate may take over.
+        if not self.retry_period < self.renew_deadline < self.lease_duration:
+            raise ValueError(
+                "need retry period < renew deadline < lease duration, got "
+                f"{self.retry_period}s, {self.renew_deadline}s, {self.lease_duration}s"
+            )
+        return self
+
 
 class Serving(_Frozen):
     metrics_bind_address: str = "0"
@@ -32,6 +59,12 @@ class Serving(_Frozen):
     metrics_cert_key: str = "tls.key"
     health_probe_bind_address: str = ":8081"
     enable_http2: bool = False
+
+    @field_validator("metrics_bind_address", "health_probe_bind_address")
+    @classmethod
+    def _listen_address(cls, value: str) -> str:
+        parse_bind(value)
+        return value
 
 
 class Logging(_Frozen):

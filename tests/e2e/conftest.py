@@ -17,7 +17,10 @@ from router_controller.envtest import ControlPlane
 from router_controller.kube import Kube
 from router_controller.manager import Manager
 from router_controller.metrics import Metrics
+from tests.e2e.processes import background, grants, operators
 from tests.e2e.support import run_operator
+
+__all__ = ["background", "grants", "operators"]  # fixtures for operator processes
 
 
 @pytest.fixture(scope="session")

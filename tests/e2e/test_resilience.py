@@ -82,11 +82,10 @@ async def all_ready(kube: Kube, namespace: str, count: int) -> bool:
 
 async def test_namespaces_flag_limits_scope(plane: envtest.ControlPlane, client: Kube) -> None:
     async with run_operator(plane, namespaces=("a", "b")) as manager:
-        tasks = {t.get_name() for t in asyncio.all_tasks()}
-        for ns in ("a", "b"):
-            assert f"watch staticroutes in {ns}" in tasks
-            assert f"watch configmaps in {ns}" in tasks
-        assert "watch staticroutes in all namespaces" not in tasks
+        for informer in (manager.routes, manager.configmaps):
+            names = sorted(t.get_name() for t in informer.tasks if not t.done())
+            plural = informer.resource.plural
+            assert names == [f"watch {plural} in a", f"watch {plural} in b"]
         for ns in ("a", "b", "c"):
             await create_route(client, staticroute("r", ns))
         for ns in ("a", "b"):

@@ -1,0 +1,500 @@
+"""health: reading /health answers, probe thresholds, the report, and the Prober itself.
+
+The pure parts are tested as functions. The Prober is tested with small in-memory
+caches in place of the informers and real HTTP servers (:class:`FakeRouter`) on
+127.0.0.1 in place of routers; no Kubernetes API is involved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from router_controller.api import HealthCheck, LabelSelector, StaticRouteSpec
+from router_controller.health import (
+    EndpointState,
+    EndpointView,
+    Prober,
+    ProbeResult,
+    build_report,
+    read_health,
+    selector_matches,
+)
+from router_controller.kube import Object
+from router_controller.metrics import Metrics
+from router_controller.reconciler import RouterReport
+from router_controller.routerconfig import render
+from tests.e2e.fakerouter import FakeRouter, endpointslice, service
+from tests.e2e.support import wait_for
+
+NS = "default"
+LOCAL = "127.0.0.1"  # no API server here to refuse a loopback EndpointSlice address
+ROUTE: Object = {"metadata": {"namespace": NS, "name": "route", "generation": 1}}
+KEY = (NS, "route")
+FAST = {"periodSeconds": 1, "timeoutSeconds": 1, "successThreshold": 1, "failureThreshold": 1}
+
+
+def selector(**fields: Any) -> LabelSelector:
+    return LabelSelector.model_validate(fields)
+
+
+@pytest.mark.parametrize(
+    ("fields", "labels", "matches"),
+    [
+        ({}, {}, True),
+        ({}, {"app": "x"}, True),
+        ({"matchLabels": {"app": "router"}}, {"app": "router", "tier": "a"}, True),
+        ({"matchLabels": {"app": "router"}}, {"app": "other"}, False),
+        ({"matchLabels": {"app": "router"}}, {}, False),
+        ({"matchExpressions": [{"key": "t", "operator": "In", "values": ["a", "b"]}]},
+         {"t": "b"}, True),
+        ({"matchExpressions": [{"key": "t", "operator": "In", "values": ["a"]}]}, {}, False),
+        ({"matchExpressions": [{"key": "t", "operator": "NotIn", "values": ["a"]}]},
+         {"t": "a"}, False),
+        ({"matchExpressions": [{"key": "t", "operator": "NotIn", "values": ["a"]}]}, {}, True),
+        ({"matchExpressions": [{"key": "t", "operator": "Exists"}]}, {"t": ""}, True),
+        ({"matchExpressions": [{"key": "t", "operator": "Exists"}]}, {}, False),
+        ({"matchExpressions": [{"key": "t", "operator": "DoesNotExist"}]}, {"t": "x"}, False),
+        ({"matchLabels": {"app": "r"},
+          "matchExpressions": [{"key": "t", "operator": "DoesNotExist"}]}, {"app": "r"}, True),
+    ],
+)  # fmt: skip
+def test_selector_matches(fields: dict[str, Any], labels: dict[str, str], matches: bool) -> None:
+    assert selector_matches(selector(**fields), labels) is matches
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "ok", "message"),
+    [
+        (503, b'{"status": "unhealthy"}', False, "GET /health answered 503 Service Unavailable"),
+        (
+            200,
+            b"<html>It works!</html>",
+            False,
+            "GET /health answered 200 but its body is not JSON",
+        ),
+        (200, b"\xff\xfe", False, "GET /health answered 200 but its body is not JSON"),
+        (200, b"[1]", False, "GET /health answered 200 but not with a JSON object"),
+        (200, b'{"status": "starting"}', False, "GET /health answered 200 with status 'starting'"),
+        (200, b'{"status": "healthy"}', True, ""),
+    ],
+)
+def test_read_health_judges_an_answer(status: int, body: bytes, ok: bool, message: str) -> None:
+    result = read_health(status, "Service Unavailable" if status == 503 else "OK", body)
+    assert result == ProbeResult(ok, message, None)
+
+
+def test_read_health_keeps_the_running_config() -> None:
+    config = {"routing_logic": "roundrobin", "static_models": None}
+    body = json.dumps({"status": "healthy", "dynamic_config": config}).encode()
+    assert read_health(200, "OK", body) == ProbeResult(True, "", config)
+    not_an_object = json.dumps({"status": "healthy", "dynamic_config": "x"}).encode()
+    assert read_health(200, "OK", not_an_object).config is None
+
+
+OK = ProbeResult(True, config={"routing_logic": "roundrobin"})
+DOWN = ProbeResult(False, "GET /health answered 503 Service Unavailable")
+CHECK = HealthCheck(success_threshold=2, failure_threshold=3)
+EXPECTED = {"routing_logic": "roundrobin"}
+
+
+def test_an_endpoint_is_undecided_until_a_threshold_is_reached() -> None:
+    state = EndpointState("http://10.0.0.1:8000")
+    assert state.view(EXPECTED) == EndpointView(
+        "http://10.0.0.1:8000", None, None, "not probed yet"
+    )
+    state.observe(DOWN, CHECK)
+    state.observe(DOWN, CHECK)
+    assert state.view(EXPECTED).healthy is None
+    assert state.view(EXPECTED).message == DOWN.message
+    state.observe(OK, CHECK)
+    assert state.view(EXPECTED).healthy is None
+    state.observe(OK, CHECK)
+    assert state.view(EXPECTED).healthy is True
+
+
+def test_failures_below_the_threshold_leave_a_healthy_endpoint_alone() -> None:
+    state = EndpointState("http://10.0.0.1:8000")
+    state.observe(OK, CHECK)
+    state.observe(OK, CHECK)
+    healthy = state.view(EXPECTED)
+    assert healthy == EndpointView(
+        "http://10.0.0.1:8000", True, True, "healthy, serving the current config"
+    )
+    state.observe(DOWN, CHECK)
+    state.observe(DOWN, CHECK)
+    assert state.view(EXPECTED) == healthy
+    state.observe(DOWN, CHECK)
+    assert state.view(EXPECTED) == EndpointView("http://10.0.0.1:8000", False, None, DOWN.message)
+
+
+def test_recovery_needs_success_threshold_consecutive_successes() -> None:
+    state = EndpointState("http://10.0.0.1:8000")
+    for _ in range(3):
+        state.observe(DOWN, CHECK)
+    assert state.view(EXPECTED).healthy is False
+    state.observe(OK, CHECK)
+    state.observe(DOWN, CHECK)
+    state.observe(OK, CHECK)
+    assert state.view(EXPECTED).healthy is False, "the successes were not consecutive"
+    state.observe(OK, CHECK)
+    assert state.view(EXPECTED).healthy is True
+
+
+@pytest.mark.parametrize(
+    ("running", "synced", "message"),
+    [
+        ({"routing_logic": "roundrobin", "static_models": "a"}, True,
+         "healthy, serving the current config"),
+        # keys the file does not set may be null or the router's defaults
+        ({"routing_logic": "roundrobin", "static_models": "a", "session_key": None,
+          "static_backend_health_check_interval": 60}, True,
+         "healthy, serving the current config"),
+        ({"routing_logic": "session", "static_models": "a"}, False,
+         "healthy, but serves another config (routing_logic differ)"),
+        ({"routing_logic": "roundrobin", "static_models": "a", "session_key": "x"}, False,
+         "healthy, but serves another config (session_key differ)"),
+        ({"routing_logic": "roundrobin"}, False,
+         "healthy, but serves another config (static_models differ)"),
+    ],
+)  # fmt: skip
+def test_config_sync_compares_every_key_the_file_sets(
+    running: dict[str, Any], synced: bool, message: str
+) -> None:
+    state = EndpointState("http://10.0.0.1:8000")
+    state.observe(ProbeResult(True, config=running), HealthCheck())
+    view = state.view({"routing_logic": "roundrobin", "static_models": "a"})
+    assert (view.synced, view.message) == (synced, message)
+
+
+def test_config_sync_without_dynamic_config_or_without_a_file() -> None:
+    state = EndpointState("http://10.0.0.1:8000")
+    state.observe(ProbeResult(True), HealthCheck())
+    view = state.view(EXPECTED)
+    assert view.synced is False
+    assert view.no_dynamic_config
+    assert "--dynamic-config-json" in view.message
+    assert state.view(None) == EndpointView("http://10.0.0.1:8000", True, None, "healthy")
+
+
+def _conditions(report: RouterReport) -> dict[str, tuple[str, str, str]]:
+    return {c["type"]: (c["status"], c["reason"], c["message"]) for c in report.conditions}
+
+
+def _view(address: str, healthy: bool | None, synced: bool | None, **kw: Any) -> EndpointView:
+    return EndpointView(address, healthy, synced, kw.pop("message", f"{address} state"), **kw)
+
+
+def test_report_for_a_router_that_cannot_be_probed() -> None:
+    report = build_report(
+        [], problem=("RouterNotFound", "Service a/b not found"), has_config=True, generation=4
+    )
+    assert _conditions(report) == {
+        "RouterHealthy": ("False", "RouterNotFound", "Service a/b not found"),
+        "RouterConfigSynced": ("Unknown", "RouterNotFound", "Service a/b not found"),
+    }
+    assert all(c["observedGeneration"] == 4 for c in report.conditions)
+    assert report.routers == []
+    assert not report.ready
+
+
+def test_report_when_every_endpoint_is_healthy_and_synced() -> None:
+    views = [
+        _view("http://a:1", True, True, last_probe_time="2026-01-01T00:00:00Z"),
+        _view("http://b:2", True, True),
+    ]
+    report = build_report(views, problem=None, has_config=True, generation=1)
+    assert _conditions(report) == {
+        "RouterHealthy": ("True", "RouterHealthy", "2 endpoint(s) healthy"),
+        "RouterConfigSynced": (
+            "True",
+            "ConfigSynced",
+            "2 healthy endpoint(s) serve the current config",
+        ),
+    }
+    assert report.ready
+    assert report.routers == [
+        {
+            "address": "http://a:1",
+            "healthy": True,
+            "configSynced": True,
+            "message": "http://a:1 state",
+            "lastProbeTime": "2026-01-01T00:00:00Z",
+        },
+        {
+            "address": "http://b:2",
+            "healthy": True,
+            "configSynced": True,
+            "message": "http://b:2 state",
+        },
+    ]
+
+
+def test_report_names_the_unhealthy_and_the_stale_endpoints() -> None:
+    views = [
+        _view("http://a:1", True, True),
+        _view("http://b:2", False, None, message="cannot connect: Connection refused"),
+        _view("http://c:3", True, False, message="serves another config (x differ)"),
+    ]
+    report = build_report(views, problem=None, has_config=True, generation=1)
+    conditions = _conditions(report)
+    assert conditions["RouterHealthy"] == (
+        "False",
+        "RouterUnhealthy",
+        "1 of 3 endpoint(s) unhealthy: http://b:2: cannot connect: Connection refused",
+    )
+    status, reason, message = conditions["RouterConfigSynced"]
+    assert (status, reason) == ("False", "ConfigSyncPending")
+    assert message.startswith("http://c:3: serves another config (x differ)")
+    assert "http://a:1" not in message
+    assert "http://b:2" not in message
+    assert not report.ready
+    assert [r["healthy"] for r in report.routers] == [True, False, True]
+    assert [r["configSynced"] for r in report.routers] == [True, False, False]
+
+
+def test_report_while_probes_are_pending_or_the_config_is_missing() -> None:
+    pending = build_report(
+        [_view("http://a:1", None, None, message="not probed yet")],
+        problem=None,
+        has_config=True,
+        generation=1,
+    )
+    assert _conditions(pending) == {
+        "RouterHealthy": (
+            "Unknown",
+            "Probing",
+            "waiting for probe results of 1 endpoint(s): http://a:1: not probed yet",
+        ),
+        "RouterConfigSynced": (
+            "Unknown",
+            "Probing",
+            "no healthy endpoint to compare the config with yet",
+        ),
+    }
+    missing = build_report(
+        [_view("http://a:1", True, False, no_dynamic_config=True, message="no dynamic_config")],
+        problem=None,
+        has_config=True,
+        generation=1,
+    )
+    assert _conditions(missing)["RouterConfigSynced"] == (
+        "False",
+        "NoDynamicConfig",
+        "http://a:1: no dynamic_config",
+    )
+    no_file = build_report(
+        [_view("http://a:1", True, None)], problem=None, has_config=False, generation=1
+    )
+    assert _conditions(no_file)["RouterConfigSynced"][:2] == ("Unknown", "NoConfig")
+    assert not no_file.ready
+
+
+# -- the Prober, over in-memory caches and real HTTP servers ---------------------------
+
+
+class Cache:
+    """What the Prober reads from an informer: objects by namespace and name."""
+
+    def __init__(self, *objects: Object) -> None:
+        self._objects: dict[tuple[str, str], Object] = {}
+        for obj in objects:
+            self.put(obj)
+
+    def put(self, obj: Object) -> None:
+        self._objects[(obj["metadata"]["namespace"], obj["metadata"]["name"])] = obj
+
+    def get(self, namespace: str, name: str) -> Object | None:
+        return self._objects.get((namespace, name))
+
+    def items(self, namespace: str | None = None) -> Iterator[Object]:
+        for (ns, _), obj in list(self._objects.items()):
+            if namespace is None or ns == namespace:
+                yield obj
+
+
+class Harness:
+    def __init__(self, services: Cache, slices: Cache) -> None:
+        self.enqueued: list[tuple[str, str]] = []
+        self.metrics = Metrics(process=False)
+        self.prober = Prober(
+            services=services,
+            endpointslices=slices,
+            metrics=self.metrics,
+            enqueue=self.enqueued.append,
+            concurrency=8,
+            allow_cross_namespace=False,
+            now=lambda: "2026-01-01T00:00:00Z",
+        )
+
+    def probes(self, result: str) -> float:
+        value = self.metrics.registry.get_sample_value(
+            "router_controller_probe_total",
+            {"namespace": NS, "staticroute": "route", "result": result},
+        )
+        return value or 0.0
+
+
+@contextlib.asynccontextmanager
+async def running(services: Cache, slices: Cache) -> AsyncIterator[Harness]:
+    harness = Harness(services, slices)
+    task = asyncio.create_task(harness.prober.start())
+    try:
+        yield harness
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await harness.prober.close()
+
+
+def route_spec(**fields: Any) -> StaticRouteSpec:
+    body: dict[str, Any] = {
+        "staticBackends": "http://a.example.com:8000",
+        "staticModels": "model-a",
+        "routerRef": {"name": "router"},
+        "healthCheck": FAST,
+    }
+    body.update(fields)
+    return StaticRouteSpec.model_validate(body)
+
+
+def conditions_of(report: RouterReport | None) -> dict[str, tuple[str, str]]:
+    assert report is not None
+    return {c["type"]: (c["status"], c["reason"]) for c in report.conditions}
+
+
+async def test_prober_probes_every_endpointslice_of_a_service() -> None:
+    async with FakeRouter(host=LOCAL) as one, FakeRouter(host=LOCAL) as two:
+        not_ready = endpointslice(NS, "router", 2, "10.9.9.9", 9)
+        not_ready["endpoints"][0]["conditions"]["ready"] = False
+        other = endpointslice(NS, "other", 0, "10.9.9.10", 10)
+        services = Cache(service(NS, "router", one.port))
+        slices = Cache(
+            endpointslice(NS, "router", 0, LOCAL, one.port),
+            endpointslice(NS, "router", 1, LOCAL, two.port),
+            not_ready,
+            other,
+        )
+        spec = route_spec()
+        expected = render(spec).content
+        one.load(expected)
+        two.load(expected)
+        async with running(services, slices) as h:
+            first = h.prober.sync(ROUTE, spec, expected)
+            assert first is not None
+            assert [r["address"] for r in first.routers] == sorted([one.address, two.address])
+            await wait_for(lambda: h.enqueued, what="a state change")
+            await wait_for(lambda: one.requests and two.requests, what="both replicas probed")
+            await wait_for(
+                lambda: (
+                    conditions_of(h.prober.sync(ROUTE, spec, expected))["RouterConfigSynced"]
+                    == ("True", "ConfigSynced")
+                ),
+                what="both replicas synced",
+            )
+
+
+async def test_prober_resolves_ports_and_falls_back_to_the_service_address() -> None:
+    harness = Harness(
+        Cache(
+            {
+                "metadata": {"namespace": NS, "name": "tls"},
+                "spec": {"clusterIP": "10.0.0.7", "ports": [{"name": "https", "port": 443}]},
+            },
+            {
+                "metadata": {"namespace": NS, "name": "headless"},
+                "spec": {"clusterIP": "None", "ports": [{"port": 9000}]},
+            },
+        ),
+        Cache(),
+    )
+    tls = harness.prober.sync(ROUTE, route_spec(routerRef={"name": "tls"}), None)
+    assert tls is not None
+    assert [r["address"] for r in tls.routers] == ["https://10.0.0.7:443"]
+    headless = harness.prober.sync(ROUTE, route_spec(routerRef={"name": "headless"}), None)
+    assert headless is not None
+    assert [r["address"] for r in headless.routers] == ["http://headless.default.svc:8000"]
+    harness.prober.forget(*KEY)
+
+
+async def test_prober_enqueues_only_when_a_state_changes() -> None:
+    async with FakeRouter(host=LOCAL) as router:
+        spec = route_spec()
+        expected = render(spec).content
+        router.load(expected)
+        services = Cache(service(NS, "router", router.port))
+        slices = Cache(endpointslice(NS, "router", 0, LOCAL, router.port))
+        async with running(services, slices) as h:
+            h.prober.sync(ROUTE, spec, expected)
+            await wait_for(lambda: h.enqueued, what="the first result")
+            assert h.enqueued == [KEY]
+            seen = router.requests
+            await wait_for(lambda: router.requests >= seen + 3, what="three more probes")
+            assert h.enqueued == [KEY], "steady probes must not enqueue"
+            report = h.prober.sync(ROUTE, spec, expected)
+            assert report is not None
+            assert report.routers[0]["lastProbeTime"] == "2026-01-01T00:00:00Z"
+            router.set_mode("error")
+            await wait_for(lambda: len(h.enqueued) == 2, what="the failure (threshold 1)")
+            assert conditions_of(h.prober.sync(ROUTE, spec, expected))["RouterHealthy"] == (
+                "False",
+                "RouterUnhealthy",
+            )
+            assert h.probes("unhealthy") >= 1
+
+
+async def test_a_new_file_is_never_reported_synced_on_an_answer_to_the_old_one() -> None:
+    async with FakeRouter(host=LOCAL) as router:
+        old = route_spec(healthCheck={**FAST, "periodSeconds": 3600})
+        router.load(render(old).content)
+        services = Cache(service(NS, "router", router.port))
+        slices = Cache(endpointslice(NS, "router", 0, LOCAL, router.port))
+        async with running(services, slices) as h:
+            h.prober.sync(ROUTE, old, render(old).content)
+            await wait_for(lambda: h.enqueued, what="the first (and only) probe")
+            synced = h.prober.sync(ROUTE, old, render(old).content)
+            assert conditions_of(synced)["RouterConfigSynced"] == ("True", "ConfigSynced")
+            new = route_spec(staticModels="model-b", healthCheck={**FAST, "periodSeconds": 3600})
+            report = h.prober.sync(ROUTE, new, render(new).content)
+            assert conditions_of(report)["RouterConfigSynced"] == ("False", "ConfigSyncPending")
+            assert report is not None
+            assert "static_models differ" in report.conditions[1]["message"]
+            assert router.requests == 1
+
+
+async def test_forget_abandons_a_probe_in_flight() -> None:
+    async with FakeRouter(host=LOCAL) as router:
+        router.set_mode("hang")
+        spec = route_spec(healthCheck={**FAST, "timeoutSeconds": 600})
+        services = Cache(service(NS, "router", router.port))
+        slices = Cache(endpointslice(NS, "router", 0, LOCAL, router.port))
+        async with running(services, slices) as h:
+            h.prober.sync(ROUTE, spec, None)
+            await wait_for(lambda: router.hanging == 1, what="the probe to hang")
+            h.prober.forget(*KEY)
+            await wait_for(lambda: router.hanging == 0, what="the probe to be abandoned")
+            assert h.enqueued == []
+
+
+async def test_routes_for_maps_services_and_their_slices_to_staticroutes() -> None:
+    labelled = service(NS, "picked", 8000, {"app": "router"})
+    harness = Harness(Cache(labelled), Cache())
+    spec = route_spec(routerRef=None, routerSelector={"matchLabels": {"app": "router"}})
+    harness.prober.sync(ROUTE, spec, None)
+    assert harness.prober.routes_for(labelled, endpointslice=False) == [KEY]
+    assert harness.prober.routes_for(
+        endpointslice(NS, "picked", 0, LOCAL, 1), endpointslice=True
+    ) == [KEY]
+    newcomer = service(NS, "newcomer", 8000, {"app": "router"})
+    assert harness.prober.routes_for(newcomer, endpointslice=False) == [KEY]
+    assert harness.prober.routes_for(service(NS, "unrelated", 1), endpointslice=False) == []
+    assert harness.prober.routes_for(service("other", "picked", 1, {"app": "router"}),
+                                     endpointslice=False) == []  # fmt: skip
+    harness.prober.forget(*KEY)
+    assert harness.prober.routes_for(labelled, endpointslice=False) == []
