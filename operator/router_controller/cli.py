@@ -282,7 +282,13 @@ def configure_logging(settings: Logging) -> None:
     root.setLevel(level)
 
 
+class NoClusterConfig(Exception):
+    """Neither in-cluster config nor a kubeconfig could be loaded."""
+
+
 async def _run(settings: Settings) -> int:
+    from kubernetes_asyncio.config import ConfigException
+
     from router_controller.kube import Kube
     from router_controller.manager import Manager, identity
     from router_controller.metrics import Metrics
@@ -298,9 +304,15 @@ async def _run(settings: Settings) -> int:
     user_agent = (
         f"router-controller/{__version__} ({platform.system().lower()}/{platform.machine()}) {name}"
     )
-    kube = await Kube.connect(
-        kubeconfig=settings.kubeconfig, metrics=metrics, user_agent=user_agent
-    )
+    try:
+        kube = await Kube.connect(
+            kubeconfig=settings.kubeconfig, metrics=metrics, user_agent=user_agent
+        )
+    except (ConfigException, OSError) as err:
+        raise NoClusterConfig(
+            f"cannot load a cluster configuration ({err}); run inside a Pod, pass "
+            "--kubeconfig=PATH, or set KUBECONFIG (`make run` starts a local cluster)"
+        ) from None
     try:
         manager = Manager(settings=settings, kube=kube, metrics=metrics, identity=name)
         return await manager.run(stop)
@@ -318,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     log = structlog.get_logger("main")
     try:
         code = asyncio.run(_run(settings))
+    except NoClusterConfig as err:
+        log.error("no cluster", error=str(err))
+        return 1
     except Exception as err:  # the last word on any failure: say it, exit non-zero
         log.exception("operator failed", error=f"{type(err).__name__}: {err}")
         return 1

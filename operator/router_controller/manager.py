@@ -18,6 +18,7 @@ import socket
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -228,15 +229,34 @@ class Manager:
                     return 0
             else:
                 lost = group.create_task(asyncio.Event().wait(), name="no lease to lose")
+            informers = (self.routes, self.configmaps, self.services, self.endpointslices)
+            watches = [
+                group.create_task(informer.start(), name=f"informer {informer.resource.plural}")
+                for informer in informers
+            ]
+            # Like controller-runtime, reconcile only once every cache has listed: a
+            # reconcile from a half-filled cache would take a missing ConfigMap or
+            # Service for a deleted one, and write a status that is wrong for a moment.
+            synced = group.create_task(
+                _all_set([i.synced for i in informers]), name="wait for caches"
+            )
+            await asyncio.wait({stopping, lost, synced}, return_when=asyncio.FIRST_COMPLETED)
+            if not synced.done():
+                synced.cancel()
+                if lost.done():
+                    return self._abandon(stopping, *watches)
+                for task in watches:
+                    task.cancel()
+                lost.cancel()
+                if self.elector is not None and election is not None:
+                    await self._release(self.elector, election)
+                return 0
             log.info(
                 "starting workers",
                 namespaces=list(self.settings.namespaces) or "all",
                 workers=self.settings.max_concurrent_reconciles,
+                staticroutes=len(self.routes),
             )
-            watches = [
-                group.create_task(informer.start(), name=f"informer {informer.resource.plural}")
-                for informer in (self.routes, self.configmaps, self.services, self.endpointslices)
-            ]
             workers = group.create_task(self.controller.start(), name="workers")
             probes = group.create_task(self.prober.start(), name="probes")
             await asyncio.wait({stopping, lost}, return_when=asyncio.FIRST_COMPLETED)
@@ -264,7 +284,7 @@ class Manager:
                 await self._release(self.elector, election)
         return 0
 
-    def _abandon(self, *tasks: asyncio.Task[object]) -> int:
+    def _abandon(self, *tasks: asyncio.Task[Any]) -> int:
         """The lease is lost: cancel every task that could write, at once; exit code 1."""
         log.error("leader lease lost: stopping all writes and exiting")
         for task in tasks:
@@ -277,3 +297,8 @@ class Manager:
         election.cancel()
         await asyncio.wait([election])
         await asyncio.shield(elector.release())
+
+
+async def _all_set(events: list[asyncio.Event]) -> None:
+    for event in events:
+        await event.wait()

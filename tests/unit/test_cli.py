@@ -8,8 +8,10 @@ the rest of kubebuilder's flags must parse the way Go's ``flag`` package parses 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -203,3 +205,16 @@ def test_inconsistent_election_timings_exit_2(capsys: pytest.CaptureFixture[str]
     code = main(["--leader-elect", "--leader-elect-renew-deadline=20s"])
     assert code == 2
     assert "renew deadline < lease duration" in capsys.readouterr().err
+
+
+def test_missing_cluster_config_is_one_clear_line(tmp_path: Path) -> None:
+    env = {**os.environ, "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "absent")}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "router_controller", "--kubeconfig", str(tmp_path / "absent")],
+        capture_output=True, text=True, env=env, check=False, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "cannot load a cluster configuration" in result.stderr
+    assert "--kubeconfig=PATH" in result.stderr
+    assert "Traceback" not in result.stderr
