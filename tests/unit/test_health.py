@@ -16,19 +16,19 @@ from typing import Any
 import pytest
 
 from router_controller.api import HealthCheck, LabelSelector, StaticRouteSpec
-from router_controller.health import (
+from router_controller.health import Prober
+from router_controller.kube import Object
+from router_controller.metrics import Metrics
+from router_controller.reconciler import RouterReport
+from router_controller.routerconfig import render
+from router_controller.routerstate import (
     EndpointState,
     EndpointView,
-    Prober,
     ProbeResult,
     build_report,
     read_health,
     selector_matches,
 )
-from router_controller.kube import Object
-from router_controller.metrics import Metrics
-from router_controller.reconciler import RouterReport
-from router_controller.routerconfig import render
 from tests.e2e.fakerouter import FakeRouter, endpointslice, service
 from tests.e2e.support import wait_for
 
