@@ -119,6 +119,19 @@ async def events_for(kube: Kube, namespace: str, name: str) -> list[Object]:
     return list(listed.get("items", []))
 
 
+async def wait_event(kube: Kube, namespace: str, name: str, reason: str) -> Object:
+    """Wait for an Event with ``reason`` about the object (Events follow the status write)."""
+
+    async def probe() -> Object | None:
+        for event in await events_for(kube, namespace, name):
+            if event.get("reason") == reason:
+                return event
+        return None
+
+    found: Object = await wait_for(probe, what=f"a {reason} event for {name}")
+    return found
+
+
 async def settled(manager: Manager, kube: Kube, namespace: str, name: str) -> None:
     """Wait until the operator has seen the StaticRoute's current version and is idle."""
     current = (await get_route(kube, namespace, name))["metadata"]["resourceVersion"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -36,6 +36,7 @@ from tests.e2e.support import (
     events_for,
     get_cm,
     get_route,
+    run_operator,
     settled,
     staticroute,
     try_get_cm,
@@ -165,8 +166,11 @@ async def test_healthy_router_serving_the_config_makes_the_route_ready(
         "message": "healthy, serving the current config",
     }
     assert router.requests >= 1
+    await wait_for(
+        _has_event(kube, namespace, "r", ("Normal", "RouterHealthy", "1 endpoint(s) healthy")),
+        what="a RouterHealthy event",
+    )
     events = await reasons(kube, namespace, "r")
-    assert ("Normal", "RouterHealthy", "1 endpoint(s) healthy") in events
     assert ("Normal", "RouterConfigSynced", "1 healthy endpoint(s) serve the current config") in (
         events
     )
@@ -258,8 +262,11 @@ async def test_a_failing_router_turns_unhealthy_after_failure_threshold_and_reco
     assert cond_of(down, "Ready")["status"] == "False"
     [entry] = down["status"]["routers"]
     assert (entry["healthy"], entry["message"]) == (False, FAILURES[how])
-    events = await reasons(kube, namespace, "r")
-    assert ("Warning", "RouterUnhealthy", message) in events
+    # The Event is recorded just after the status is written: wait for it.
+    await wait_for(
+        _has_event(kube, namespace, "r", ("Warning", "RouterUnhealthy", message)),
+        what="a RouterUnhealthy event",
+    )
 
     healthy_before = probes(operator, namespace, "r", "healthy")
     await _mend(router, how)
@@ -275,8 +282,13 @@ async def test_a_failing_router_turns_unhealthy_after_failure_threshold_and_reco
 
     await wait_condition(kube, namespace, "r", "Ready", "True")
     assert probes(operator, namespace, "r", "healthy") - healthy_before >= 2
+
+    async def healthy_twice() -> bool:
+        kinds = [(e[0], e[1]) for e in await reasons(kube, namespace, "r")]
+        return kinds.count(("Normal", "RouterHealthy")) == 2
+
+    await wait_for(healthy_twice, what="RouterHealthy events: healthy at first, then again")
     kinds = [(e[0], e[1]) for e in await reasons(kube, namespace, "r")]
-    assert kinds.count(("Normal", "RouterHealthy")) == 2, "healthy at first, then again"
     assert kinds.count(("Warning", "RouterUnhealthy")) == 1
 
 
@@ -412,7 +424,11 @@ async def test_a_missing_router_service_is_reported_and_the_configmap_still_writ
     ready = cond_of(route, "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "RouterNotFound")
     assert config_of(await get_cm(kube, namespace, "r-config")) == DEFAULT_CONFIG
-    assert "RouterNotFound" in [e[1] for e in await reasons(kube, namespace, "r")]
+
+    async def not_found_event() -> bool:
+        return "RouterNotFound" in [e[1] for e in await reasons(kube, namespace, "r")]
+
+    await wait_for(not_found_event, what="a RouterNotFound event")
 
     # The Service appearing later is noticed through the Services watch.
     router = await routers.start()
@@ -587,3 +603,38 @@ async def test_steady_probing_writes_no_status(
         await asyncio.to_thread(control_plane.request_count, "PATCH", "staticroutes", "status")
         == patches
     ), "status was written while nothing changed"
+
+
+def _has_event(
+    kube: Kube, namespace: str, name: str, event: tuple[str, str, str]
+) -> Callable[[], Awaitable[bool]]:
+    async def probe() -> bool:
+        return event in await reasons(kube, namespace, name)
+
+    return probe
+
+
+async def test_restarted_operator_resumes_router_state_without_writes(
+    control_plane: ControlPlane, kube: Kube, operator: Manager, namespace: str, routers: Routers
+) -> None:
+    """An operator starting next to healthy, synced routers writes no status.
+
+    It starts from what the status already says about each endpoint instead of
+    "not probed yet", so the first probes confirm it rather than flip it twice.
+    """
+    router = await routers.start()
+    await expose(kube, namespace, "router", [router])
+    ready = await synced_route(
+        kube, namespace, "r", [router], routerRef={"name": "router"}, healthCheck=FAST
+    )
+    await settled(operator, kube, namespace, "r")
+    version = (await get_route(kube, namespace, "r"))["metadata"]["resourceVersion"]
+    patches = control_plane.request_count("PATCH", "staticroutes", "status")
+    assert ready["status"]["routers"][0]["healthy"] is True
+    # A fresh Manager (new caches, new prober) for the same objects, as after a restart.
+    async with run_operator(control_plane, namespaces=(namespace,)) as second:
+        probed = router.requests
+        await wait_for(lambda: router.requests >= probed + 3, what="the new operator's probes")
+        await settled(second, kube, namespace, "r")
+    assert (await get_route(kube, namespace, "r"))["metadata"]["resourceVersion"] == version
+    assert control_plane.request_count("PATCH", "staticroutes", "status") == patches

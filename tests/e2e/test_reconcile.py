@@ -18,6 +18,7 @@ from tests.e2e.support import (
     staticroute,
     try_get_cm,
     wait_condition,
+    wait_event,
     wait_for,
 )
 
@@ -157,8 +158,9 @@ async def test_foreign_configmap_is_never_touched(
     assert after["metadata"]["resourceVersion"] == made["metadata"]["resourceVersion"]
     assert after["data"] == foreign["data"]
     assert "ownerReferences" not in after["metadata"]
-    reasons = {e["reason"] for e in await events_for(kube, namespace, "r4")}
-    assert "ConfigMapConflict" in reasons
+    event = await wait_event(kube, namespace, "r4", "ConfigMapConflict")
+    assert event["type"] == "Warning"
+    assert f"{namespace}/shared" in event["message"]
 
 
 async def test_second_staticroute_on_same_configmap_conflicts(

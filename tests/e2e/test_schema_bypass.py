@@ -24,11 +24,11 @@ from tests.e2e.support import (
     REPO,
     condition,
     create_route,
-    events_for,
     get_cm,
     run_operator,
     staticroute,
     wait_condition,
+    wait_event,
 )
 
 
@@ -97,5 +97,6 @@ async def test_invalid_spec_keeps_last_good_configmap(
     after = await get_cm(loose_kube, "loose", f"{name}-config")
     assert after["metadata"]["resourceVersion"] == good["metadata"]["resourceVersion"]
     assert after["data"] == good["data"]
-    reasons = {e["reason"] for e in await events_for(loose_kube, "loose", name)}
-    assert "InvalidSpec" in reasons
+    event = await wait_event(loose_kube, "loose", name, "InvalidSpec")
+    assert event["type"] == "Warning"
+    assert fragment in event["message"]
