@@ -106,6 +106,10 @@ class Prober:
         self._own_session = session is None
         self._now = now or (lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         self._routes: dict[Key, _Route] = {}
+        # Reverse indexes, so a Service or EndpointSlice event finds its StaticRoutes
+        # without scanning them all: by Service, and (for selectors) by namespace.
+        self._by_service: dict[Key, set[Key]] = {}
+        self._selecting: dict[str, set[Key]] = {}
         # StaticRoute -> address -> endpoint
         self._endpoints: dict[Key, dict[str, _Endpoint]] = {}
         # (due, sequence, endpoint); an entry whose endpoint was dropped is skipped
@@ -127,23 +131,32 @@ class Prober:
             name = meta.get("name", "")
             labels = meta.get("labels") or {}
         service = (namespace, name)
-        keys = []
-        for key, route in self._routes.items():
-            if (
-                route.ref == service
-                or service in route.services
-                or (
-                    route.selector is not None
-                    and route.selector[0] == namespace
-                    and selector_matches(route.selector[1], labels)
-                )
-            ):
-                keys.append(key)
-        return keys
+        keys = set(self._by_service.get(service, ()))
+        for key in self._selecting.get(namespace, ()):
+            route = self._routes[key]
+            if route.selector is not None and selector_matches(route.selector[1], labels):
+                keys.add(key)
+        return sorted(keys)
+
+    def _index(self, key: Key, route: _Route | None) -> None:
+        """File ``key`` under the Services and namespace ``route`` looks at (None: unfile)."""
+        old = self._routes.pop(key, None)
+        if old is not None:
+            for service in {old.ref, *old.services} - {None}:
+                _discard(self._by_service, service, key)
+            if old.selector is not None:
+                _discard(self._selecting, old.selector[0], key)
+        if route is None:
+            return
+        self._routes[key] = route
+        for service in {route.ref, *route.services} - {None}:
+            self._by_service.setdefault(service, set()).add(key)  # type: ignore[arg-type]
+        if route.selector is not None:
+            self._selecting.setdefault(route.selector[0], set()).add(key)
 
     def forget(self, namespace: str, name: str) -> None:
         key = (namespace, name)
-        self._routes.pop(key, None)
+        self._index(key, None)
         for endpoint in self._endpoints.pop(key, {}).values():
             self._drop(endpoint)
         self._metrics.forget_staticroute(namespace, name)
@@ -206,11 +219,12 @@ class Prober:
                 )
         if state.problem is None and not addresses:
             state.problem = ("NoEndpoints", "the router Service has no ready endpoints")
-        self._routes[key] = state
+        self._index(key, state)
         self._set_endpoints(
             key,
             sorted(set(addresses)) if state.problem is None else [],
             spec.health_check or HealthCheck(),
+            _resumable(route),
         )
         return self._report(key, meta.get("generation"))
 
@@ -256,14 +270,31 @@ class Prober:
         )
         return [f"{scheme}://{host}:{port}"]
 
-    def _set_endpoints(self, key: Key, addresses: list[str], check: HealthCheck) -> None:
+    def _set_endpoints(
+        self,
+        key: Key,
+        addresses: list[str],
+        check: HealthCheck,
+        previous: dict[str, dict[str, Any]],
+    ) -> None:
         current = self._endpoints.setdefault(key, {})
         for address in [a for a in current if a not in addresses]:
             self._drop(current.pop(address))
         for address in addresses:
             endpoint = current.get(address)
             if endpoint is None:
-                endpoint = _Endpoint(route=key, check=check, state=EndpointState(address))
+                entry = previous.get(address)
+                state = (
+                    EndpointState.resume(address, entry)
+                    if entry is not None
+                    else EndpointState(address)
+                )
+                endpoint = _Endpoint(
+                    route=key,
+                    check=check,
+                    state=state,
+                    changed_at=entry.get("lastProbeTime") if entry else None,
+                )
                 current[address] = endpoint
                 self._schedule(endpoint, 0.0)
             elif endpoint.check != check:
@@ -402,3 +433,23 @@ def _describe(err: OSError) -> str:
     if isinstance(err.errno, int) and err.errno > 0:
         return os.strerror(err.errno)
     return err.strerror or str(err) or type(err).__name__
+
+
+def _discard(table: dict[Any, set[Key]], value: Any, key: Key) -> None:
+    bucket = table.get(value)
+    if bucket is not None:
+        bucket.discard(key)
+        if not bucket:
+            del table[value]
+
+
+def _resumable(route: Object) -> dict[str, dict[str, Any]]:
+    """``status.routers`` by address, when the status describes the current spec."""
+    status = route.get("status") or {}
+    if status.get("observedGeneration") != route["metadata"].get("generation"):
+        return {}
+    return {
+        entry["address"]: entry
+        for entry in status.get("routers") or []
+        if isinstance(entry, dict) and entry.get("address")
+    }

@@ -100,8 +100,29 @@ class EndpointState:
     failures: int = 0
     failure: str = ""  # the last failure
     config: dict[str, Any] | None = None  # the dynamic_config of the last healthy answer
+    # What an earlier run of the operator wrote on the status for this endpoint, shown
+    # until the first probe of this run: a restart then changes (and writes) nothing.
+    resumed: EndpointView | None = None
+
+    @classmethod
+    def resume(cls, address: str, entry: dict[str, Any]) -> EndpointState:
+        """Start from a ``status.routers`` entry that describes the current spec."""
+        healthy = entry.get("healthy")
+        view = EndpointView(
+            address,
+            bool(healthy),
+            bool(entry.get("configSynced")) if healthy else None,
+            str(entry.get("message") or ""),
+        )
+        return cls(
+            address,
+            healthy=bool(healthy),
+            failure="" if healthy else view.message,
+            resumed=view,
+        )
 
     def observe(self, result: ProbeResult, check: HealthCheck) -> None:
+        self.resumed = None
         if result.ok:
             self.successes += 1
             self.failures = 0
@@ -118,6 +139,8 @@ class EndpointState:
 
     def view(self, expected: dict[str, Any] | None) -> EndpointView:
         """The endpoint as the status shows it, its config compared with ``expected``."""
+        if self.resumed is not None:
+            return self.resumed
         if self.healthy is False:
             return EndpointView(self.address, False, None, self.failure)
         if self.healthy is None:
