@@ -287,9 +287,8 @@ class NoClusterConfig(Exception):
 
 
 async def _run(settings: Settings) -> int:
-    from kubernetes_asyncio.config import ConfigException
-
     from router_controller.kube import Kube
+    from router_controller.kubeconfig import ConfigError
     from router_controller.manager import Manager, identity
     from router_controller.metrics import Metrics
 
@@ -308,7 +307,7 @@ async def _run(settings: Settings) -> int:
         kube = await Kube.connect(
             kubeconfig=settings.kubeconfig, metrics=metrics, user_agent=user_agent
         )
-    except (ConfigException, OSError) as err:
+    except ConfigError as err:
         raise NoClusterConfig(
             f"cannot load a cluster configuration ({err}); run inside a Pod, pass "
             "--kubeconfig=PATH, or set KUBECONFIG (`make run` starts a local cluster)"

@@ -22,10 +22,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-from kubernetes_asyncio import config as kube_config
-from kubernetes_asyncio.client import Configuration
 
+from router_controller.kubeconfig import load_configuration
 from router_controller.metrics import Metrics
+
+Configuration = Any  # kubernetes_asyncio.client.Configuration (see kubeconfig.py)
 
 Object = dict[str, Any]
 
@@ -111,25 +112,6 @@ EVENTS = Resource("", "v1", "events")
 SERVICES = Resource("", "v1", "services")
 ENDPOINTSLICES = Resource("discovery.k8s.io", "v1", "endpointslices")
 LEASES = Resource("coordination.k8s.io", "v1", "leases")
-
-
-async def load_configuration(kubeconfig: str | None) -> Configuration:
-    """In-cluster config when running in a Pod and no kubeconfig is given, else kubeconfig.
-
-    The same order as client-go: ``--kubeconfig``, then in-cluster, then ``$KUBECONFIG``
-    / ``~/.kube/config``.
-    """
-    configuration = Configuration()
-    if kubeconfig:
-        await kube_config.load_kube_config(
-            config_file=kubeconfig, client_configuration=configuration
-        )
-        return configuration
-    try:
-        kube_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except kube_config.ConfigException:
-        await kube_config.load_kube_config(client_configuration=configuration)
-    return configuration
 
 
 def _ssl_context(configuration: Configuration) -> ssl.SSLContext:
