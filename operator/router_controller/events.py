@@ -1,12 +1,15 @@
 """Kubernetes Events about StaticRoutes (``kubectl describe`` shows them).
 
-Events are a courtesy to the user, never a reason to fail a reconcile: a failure to
-record one is logged and dropped. The reconciler records them only on transitions
-(a ConfigMap written, a condition that flipped), so a steady cluster records none.
+Events are a courtesy to the user, never a reason to fail or slow a reconcile: like
+client-go's broadcaster, :meth:`EventRecorder.record` hands the Event to a background
+task and returns, so a worker is free for the next key while it is sent; a failure to
+send is logged and dropped. The reconciler records them only on transitions (a
+ConfigMap written, a condition that flipped), so a steady cluster records none.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import secrets
 from collections.abc import Callable
@@ -19,6 +22,7 @@ from router_controller.conditions import rfc3339
 from router_controller.kube import EVENTS, ApiError, Kube, Object
 
 COMPONENT = "router-controller"
+MAX_PENDING = 1000  # Events in flight at once; beyond that they are dropped (and logged)
 log = structlog.get_logger("events")
 
 
@@ -35,6 +39,7 @@ class EventRecorder:
         self._kube = kube
         self._identity = identity
         self._now = now
+        self._pending: set[asyncio.Task[None]] = set()
 
     async def record(self, obj: Object, type_: str, reason: str, message: str) -> None:
         meta = obj["metadata"]
@@ -65,7 +70,26 @@ class EventRecorder:
             "lastTimestamp": stamp,
             "count": 1,
         }
+        if len(self._pending) >= MAX_PENDING:
+            log.warning("too many events in flight, dropping one", reason=reason)
+            return
+        task = asyncio.create_task(self._send(namespace, event), name=f"event {reason}")
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _send(self, namespace: str, event: dict[str, Any]) -> None:
         try:
             await self._kube.create(EVENTS.path(namespace), event)
         except (ApiError, aiohttp.ClientError, TimeoutError) as err:
-            log.warning("could not record event", reason=reason, error=str(err))
+            log.warning("could not record event", reason=event["reason"], error=str(err))
+
+    async def drain(self, timeout: float) -> None:
+        """Let the Events in flight be sent (graceful stop), cancelling what is left."""
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=timeout)
+        self.abandon()
+
+    def abandon(self) -> None:
+        """Cancel every Event in flight (the lease is lost: no more writes)."""
+        for task in list(self._pending):
+            task.cancel()

@@ -279,6 +279,7 @@ class Manager:
                 log.warning("in-flight reconciles did not finish in time; cancelling them")
             workers.cancel()
             await asyncio.wait([workers])
+            await self.recorder.drain(timeout=5.0)
             lost.cancel()
             if self.elector is not None and election is not None:
                 await self._release(self.elector, election)
@@ -289,6 +290,7 @@ class Manager:
         log.error("leader lease lost: stopping all writes and exiting")
         for task in tasks:
             task.cancel()
+        self.recorder.abandon()
         return 1
 
     @staticmethod
