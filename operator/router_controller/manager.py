@@ -162,8 +162,10 @@ class Manager:
 
     # -- event mapping -----------------------------------------------------------------
 
-    def _on_route(self, _kind: str, obj: Object, _old: Object | None) -> None:
+    def _on_route(self, kind: str, obj: Object, old: Object | None) -> None:
         meta = obj["metadata"]
+        if kind == "MODIFIED" and old is not None and _only_status_changed(old, obj):
+            return  # our own status write coming back: nothing to reconcile
         self.queue.add((meta["namespace"], meta["name"]))
 
     def _on_configmap(self, kind: str, obj: Object, _old: Object | None) -> None:
@@ -299,6 +301,18 @@ class Manager:
         election.cancel()
         await asyncio.wait([election])
         await asyncio.shield(elector.release())
+
+
+def _only_status_changed(old: Object, new: Object) -> bool:
+    """Same spec (generation), labels, annotations and deletion state: a status update.
+
+    controller-runtime's GenerationChangedPredicate, plus metadata a user may edit.
+    """
+    before, after = old["metadata"], new["metadata"]
+    return all(
+        before.get(field) == after.get(field)
+        for field in ("generation", "labels", "annotations", "deletionTimestamp", "finalizers")
+    )
 
 
 async def _all_set(events: list[asyncio.Event]) -> None:

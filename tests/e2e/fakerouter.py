@@ -35,7 +35,9 @@ from aiohttp import web
 
 from router_controller.kube import ENDPOINTSLICES, SERVICES, Kube, Object
 
-# The fields of vllm_router's DynamicRouterConfig, as its /health shows them.
+# The fields of vllm_router's DynamicRouterConfig, as its /health shows them. Written out
+# here rather than imported from routerconfig: the fake stands for the real router, so a
+# mistake in the operator's list must not be copied into the test's oracle.
 ROUTER_FIELDS = (
     "service_discovery",
     "routing_logic",
