@@ -121,7 +121,7 @@ class Manager:
             services=self.services,
             endpointslices=self.endpointslices,
             metrics=self.metrics,
-            enqueue=self.queue.add,
+            enqueue=self._recheck,
             concurrency=self.settings.probe_concurrency,
             allow_cross_namespace=self.settings.allow_cross_namespace_router_ref,
         )
@@ -161,6 +161,10 @@ class Manager:
         )
 
     # -- event mapping -----------------------------------------------------------------
+
+    def _recheck(self, key: Key) -> None:
+        """A probe changed a router's state: reconcile, behind anything a user changed."""
+        self.queue.add(key, low=True)
 
     def _on_route(self, kind: str, obj: Object, old: Object | None) -> None:
         meta = obj["metadata"]

@@ -149,6 +149,11 @@ class WorkQueue(Generic[K]):
         )
         # Keys ready to hand out, in order. Each is also in _dirty.
         self._ready: deque[K] = deque()
+        # A second lane for low-priority keys (e.g. re-checks after a router probe
+        # changed state), handed out only when _ready is empty, so that a burst of them
+        # never delays a key a user just changed; _low holds the keys waiting there.
+        self._ready_low: deque[K] = deque()
+        self._low: set[K] = set()
         # Keys that need processing, with the time they were added: those in _ready
         # plus those added again while in flight.
         self._dirty: dict[K, float] = {}
@@ -177,16 +182,29 @@ class WorkQueue(Generic[K]):
     def shutting_down(self) -> bool:
         return self._shutting_down
 
-    def add(self, key: K) -> None:
-        """Queue ``key`` unless it is already waiting; ignored once shutting down."""
-        if self._shutting_down or key in self._dirty:
+    def add(self, key: K, *, low: bool = False) -> None:
+        """Queue ``key`` unless it is already waiting; ignored once shutting down.
+
+        ``low`` puts it in the low-priority lane; a normal add of a key waiting there
+        moves it to the normal lane.
+        """
+        if self._shutting_down:
+            return
+        if key in self._dirty:
+            if not low and key in self._low:
+                self._low.discard(key)
+                if key not in self._in_flight:
+                    self._ready_low.remove(key)
+                    self._ready.append(key)
             return
         self._dirty[key] = self._clock.now()
         self._metrics.add()
         self._metrics.depth(len(self._dirty))
+        if low:
+            self._low.add(key)
         if key in self._in_flight:
             return  # done() hands it out again
-        self._ready.append(key)
+        (self._ready_low if low else self._ready).append(key)
         self._wake_getter()
 
     async def get(self) -> K:
@@ -194,7 +212,7 @@ class WorkQueue(Generic[K]):
 
         Raises :class:`ShutDown` once the queue is shutting down and nothing is ready.
         """
-        while not self._ready:
+        while not self._ready and not self._ready_low:
             if self._shutting_down:
                 raise ShutDown
             waiter = asyncio.get_running_loop().create_future()
@@ -204,10 +222,14 @@ class WorkQueue(Generic[K]):
             except asyncio.CancelledError:
                 if waiter in self._getters:
                     self._getters.remove(waiter)
-                elif self._ready:
+                elif self._ready or self._ready_low:
                     self._wake_getter()  # we were woken for a key; pass it on
                 raise
-        key = self._ready.popleft()
+        if self._ready:
+            key = self._ready.popleft()
+        else:
+            key = self._ready_low.popleft()
+            self._low.discard(key)
         added = self._dirty.pop(key)
         now = self._clock.now()
         self._in_flight[key] = now
@@ -222,7 +244,7 @@ class WorkQueue(Generic[K]):
             raise ValueError(f"done() for a key that is not in flight: {key!r}")
         self._metrics.work_duration(self._clock.now() - started)
         if key in self._dirty:
-            self._ready.append(key)
+            (self._ready_low if key in self._low else self._ready).append(key)
             self._wake_getter()
         self._check_drained()
 
@@ -313,7 +335,7 @@ class WorkQueue(Generic[K]):
                 return
 
     def _check_drained(self) -> None:
-        if self._shutting_down and not self._in_flight and not self._ready:
+        if self._shutting_down and not self._in_flight and not self._ready and not self._ready_low:
             self._drained.set()
 
     def _start_timer(self) -> None:

@@ -501,3 +501,42 @@ async def test_the_loop_clock_drives_delayed_adds() -> None:
     assert loop_clock.now() - before >= 0.01 - 1e-3
     q.done(A)
     assert await q.shutdown(drain_timeout=1) is True
+
+
+async def test_low_priority_keys_wait_for_normal_ones() -> None:
+    queue: WorkQueue[str] = WorkQueue(clock=FakeClock())
+    for key in ("low-1", "low-2"):
+        queue.add(key, low=True)
+    queue.add("user")
+    assert await queue.get() == "user"
+    assert await queue.get() == "low-1"
+    queue.add("user-2")
+    assert await queue.get() == "user-2"
+    assert await queue.get() == "low-2"
+    assert queue.depth == 0
+
+
+async def test_a_normal_add_promotes_a_waiting_low_key() -> None:
+    queue: WorkQueue[str] = WorkQueue(clock=FakeClock())
+    queue.add("a", low=True)
+    queue.add("b", low=True)
+    queue.add("c")
+    queue.add("b")  # a user change to b while its re-check waits: b goes first now
+    assert [await queue.get() for _ in range(3)] == ["c", "b", "a"]
+    assert queue.depth == 0
+
+
+async def test_lane_of_a_key_readded_while_in_flight() -> None:
+    queue: WorkQueue[str] = WorkQueue(clock=FakeClock())
+    queue.add("k")
+    assert await queue.get() == "k"
+    queue.add("k", low=True)
+    queue.add("other")
+    queue.done("k")  # back in the low lane: "other" first
+    assert await queue.get() == "other"
+    assert await queue.get() == "k"
+    queue.add("k", low=True)
+    queue.add("k")  # promoted while in flight
+    queue.add("other-2", low=True)
+    queue.done("k")
+    assert await queue.get() == "k"
