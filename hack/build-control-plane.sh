@@ -41,7 +41,7 @@ minor=${k8s_version#v1.}
 minor=${minor%%.*}
 ldflags="-s -w -X k8s.io/component-base/version.gitVersion=${k8s_version} -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${minor} -X k8s.io/component-base/version.gitTreeState=clean"
 
-echo "building control plane (kubernetes ${k8s_version}, etcd ${etcd_version}) into ${bin}; a cold build takes 10-20 minutes" >&2
+echo "building control plane (kubernetes ${k8s_version}, etcd ${etcd_version}) into ${bin}; a cold build takes 5-20 minutes on 2 cores" >&2
 (
   cd "$here/etcd"
   CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3
