@@ -56,6 +56,18 @@ class ObjectCache(Protocol):
 
     def items(self, namespace: str | None = None) -> Iterator[Object]: ...
 
+    def by_index(self, index: str, value: str) -> list[Object]: ...
+
+
+SERVICE_INDEX = "service"  # EndpointSlices by "namespace/service name"
+
+
+def slice_service(eps: Object) -> list[str]:
+    """Indexer: the Service an EndpointSlice belongs to."""
+    meta = eps.get("metadata") or {}
+    name = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
+    return [f"{meta.get('namespace', '')}/{name}"] if name else []
+
 
 # -- the prober ----------------------------------------------------------------------
 
@@ -246,10 +258,7 @@ class Prober:
         found: list[str] = []
         saw_slice = False
         # A Service may have several EndpointSlices, each with its own port list.
-        for eps in self._slices.items(service[0]):
-            labels = eps["metadata"].get("labels") or {}
-            if labels.get(SERVICE_NAME_LABEL) != service[1]:
-                continue
+        for eps in self._slices.by_index(SERVICE_INDEX, f"{service[0]}/{service[1]}"):
             saw_slice = True
             port = DEFAULT_PORT
             for p in eps.get("ports") or []:

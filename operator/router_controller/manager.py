@@ -25,7 +25,7 @@ import structlog
 from router_controller.api import KIND, MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from router_controller.controller import Controller, PrometheusQueueMetrics
 from router_controller.events import EventRecorder
-from router_controller.health import Prober
+from router_controller.health import SERVICE_INDEX, Prober, slice_service
 from router_controller.informer import Informer, WatchTuning
 from router_controller.kube import CONFIGMAPS, ENDPOINTSLICES, SERVICES, Kube, Object
 from router_controller.leader import LeaderElector
@@ -115,6 +115,7 @@ class Manager:
             namespaces=namespaces,
             handler=self._on_endpointslice,
             tuning=self.tuning,
+            indexers={SERVICE_INDEX: slice_service},
         )
         self.recorder = EventRecorder(kube=self.kube, identity=self.identity, now=_utcnow)
         self.prober = Prober(

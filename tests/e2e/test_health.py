@@ -21,7 +21,7 @@ import pytest
 
 from router_controller.api import StaticRouteSpec
 from router_controller.envtest import ControlPlane
-from router_controller.health import Prober
+from router_controller.health import SERVICE_INDEX, Prober, slice_service
 from router_controller.informer import Informer
 from router_controller.kube import ENDPOINTSLICES, SERVICES, Kube, Object
 from router_controller.manager import Manager
@@ -478,8 +478,14 @@ async def test_the_flag_allows_a_router_ref_to_another_namespace(
     async with FakeRouter() as router:
         await expose(kube, other_namespace, "router", [router])
         informers = [
-            Informer(kube=kube, resource=resource, namespaces=[other_namespace], handler=_ignore)
-            for resource in (SERVICES, ENDPOINTSLICES)
+            Informer(kube=kube, resource=SERVICES, namespaces=[other_namespace], handler=_ignore),
+            Informer(
+                kube=kube,
+                resource=ENDPOINTSLICES,
+                namespaces=[other_namespace],
+                handler=_ignore,
+                indexers={SERVICE_INDEX: slice_service},
+            ),
         ]
         prober = Prober(
             services=informers[0],

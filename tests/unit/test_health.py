@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from router_controller.api import HealthCheck, LabelSelector, StaticRouteSpec
-from router_controller.health import Prober
+from router_controller.health import SERVICE_INDEX, Prober, slice_service
 from router_controller.kube import Object
 from router_controller.metrics import Metrics
 from router_controller.reconciler import RouterReport
@@ -316,6 +316,10 @@ class Cache:
         for (ns, _), obj in list(self._objects.items()):
             if namespace is None or ns == namespace:
                 yield obj
+
+    def by_index(self, index: str, value: str) -> list[Object]:
+        assert index == SERVICE_INDEX
+        return [obj for obj in self._objects.values() if value in slice_service(obj)]
 
 
 class Harness:
