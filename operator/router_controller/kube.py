@@ -14,7 +14,11 @@ every request is counted in ``rest_client_requests_total{code,method,host}``.
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import json
+import math
+import re
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -35,13 +39,34 @@ MERGE_PATCH = "application/merge-patch+json"
 
 
 class ApiError(Exception):
-    """The API server answered with an error Status."""
+    """The API server answered with an error Status.
 
-    def __init__(self, status: int, reason: str, message: str, method: str, path: str) -> None:
+    ``details`` is the Status ``details`` (``{}`` when absent), ``causes`` its
+    ``details.causes`` list, and ``retry_after`` the ``Retry-After`` header in seconds
+    when the server sent one (429 from API Priority and Fairness, some 5xx).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        message: str,
+        method: str,
+        path: str,
+        *,
+        details: dict[str, Any] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(f"{method} {path}: {status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        self.details: dict[str, Any] = details or {}
+        causes = self.details.get("causes")
+        self.causes: list[dict[str, Any]] = (
+            [c for c in causes if isinstance(c, dict)] if isinstance(causes, list) else []
+        )
+        self.retry_after = retry_after
 
 
 class NotFound(ApiError):
@@ -60,12 +85,43 @@ class Gone(ApiError):
     """410: the resourceVersion asked for is older than what the server keeps."""
 
 
+# The authorizer's denial reads "... is forbidden: User \"u\" cannot create resource
+# \"configmaps\" in API group ..." (k8s.io/apiserver endpoints/handlers/responsewriters
+# forbiddenMessage); quota, admission webhooks and namespace lifecycle say other things.
+_RBAC_DENIAL = re.compile(r"\bcannot [a-z]+ resource\b")
+
+
 class Forbidden(ApiError):
-    pass
+    """403: an RBAC denial, a terminating namespace, a quota or an admission denial."""
+
+    @property
+    def namespace_terminating(self) -> bool:
+        """The namespace lifecycle admission refused a create in a terminating namespace.
+
+        Its Status carries a cause of type (JSON key ``reason``) ``NamespaceTerminating``.
+        """
+        return any(cause.get("reason") == "NamespaceTerminating" for cause in self.causes)
+
+    @property
+    def rbac_denied(self) -> bool:
+        """The authorizer denied the verb (as opposed to an admission plugin's 403)."""
+        return bool(_RBAC_DENIAL.search(self.message))
 
 
 class Unauthorized(ApiError):
     pass
+
+
+class Invalid(ApiError):
+    """422: the object failed validation; ``causes`` name the fields."""
+
+
+class TooManyRequests(ApiError):
+    """429: API Priority and Fairness (or a max-in-flight limit) rejected the request."""
+
+
+class ServerError(ApiError):
+    """Any 5xx: the API server, an aggregated API or a webhook failed."""
 
 
 _ERRORS: dict[int, type[ApiError]] = {
@@ -74,17 +130,42 @@ _ERRORS: dict[int, type[ApiError]] = {
     404: NotFound,
     409: Conflict,
     410: Gone,
+    422: Invalid,
+    429: TooManyRequests,
 }
 
 
-def error_from_status(status: int, body: Any, method: str, path: str) -> ApiError:
-    reason, message = "", ""
+def parse_retry_after(value: str | None) -> float | None:
+    """The ``Retry-After`` header in seconds: delta-seconds, or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.UTC)
+        seconds = (when - datetime.datetime.now(datetime.UTC)).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def error_from_status(
+    status: int, body: Any, method: str, path: str, *, retry_after: float | None = None
+) -> ApiError:
+    reason, message, details = "", "", None
     if isinstance(body, dict):
         reason = str(body.get("reason", ""))
         message = str(body.get("message", ""))
+        if isinstance(body.get("details"), dict):
+            details = body["details"]
     elif body:
         message = str(body)[:500]
-    return _ERRORS.get(status, ApiError)(status, reason, message, method, path)
+    kind = _ERRORS.get(status) or (ServerError if status >= 500 else ApiError)
+    return kind(status, reason, message, method, path, details=details, retry_after=retry_after)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +289,13 @@ class Kube:
         except ValueError:
             decoded = raw.decode(errors="replace")
         if response.status >= 400:
-            raise error_from_status(response.status, decoded, method, path)
+            raise error_from_status(
+                response.status,
+                decoded,
+                method,
+                path,
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            )
         if not isinstance(decoded, dict):
             raise ApiError(response.status, "BadResponse", "not a JSON object", method, path)
         return decoded
@@ -253,7 +340,13 @@ class Kube:
                         decoded: Any = json.loads(raw)
                     except ValueError:
                         decoded = raw.decode(errors="replace")
-                    raise error_from_status(response.status, decoded, "WATCH", path)
+                    raise error_from_status(
+                        response.status,
+                        decoded,
+                        "WATCH",
+                        path,
+                        retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                    )
                 async for line in _lines(response.content):
                     yield json.loads(line)
         except (aiohttp.ClientError, TimeoutError):

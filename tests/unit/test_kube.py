@@ -1,0 +1,166 @@
+"""API errors: Status bodies as kube-apiserver writes them become typed errors.
+
+The bodies below are the shapes k8s.io/apimachinery's ``StatusError`` serialises
+(``details.causes[].reason`` is the JSON name of ``StatusCause.Type``); the real server is
+exercised by the e2e tests.
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.utils
+
+import pytest
+
+from router_controller.kube import (
+    ApiError,
+    Forbidden,
+    Invalid,
+    ServerError,
+    TooManyRequests,
+    Unauthorized,
+    error_from_status,
+    parse_retry_after,
+)
+
+PATH = "/api/v1/namespaces/ns/configmaps"
+
+
+def status(code: int, reason: str, message: str, details: object = None) -> dict[str, object]:
+    body: dict[str, object] = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "code": code,
+        "reason": reason,
+        "message": message,
+    }
+    if details is not None:
+        body["details"] = details
+    return body
+
+
+def test_terminating_namespace_is_told_by_its_cause_not_its_message() -> None:
+    body = status(
+        403,
+        "Forbidden",
+        'configmaps "x" is forbidden: unable to create new content in namespace ns'
+        " because it is being terminated",
+        {
+            "name": "x",
+            "kind": "configmaps",
+            "causes": [
+                {
+                    "reason": "NamespaceTerminating",
+                    "message": "namespace ns is being terminated",
+                    "field": "metadata.namespace",
+                }
+            ],
+        },
+    )
+    err = error_from_status(403, body, "POST", PATH)
+    assert isinstance(err, Forbidden)
+    assert err.namespace_terminating
+    assert not err.rbac_denied
+    assert err.details["name"] == "x"
+    assert err.causes[0]["field"] == "metadata.namespace"
+
+
+def test_rbac_denial_is_told_apart_from_other_403s() -> None:
+    denied = error_from_status(
+        403,
+        status(
+            403,
+            "Forbidden",
+            'configmaps is forbidden: User "system:serviceaccount:a:b" cannot create'
+            ' resource "configmaps" in API group "" in the namespace "ns"',
+            {"kind": "configmaps"},
+        ),
+        "POST",
+        PATH,
+    )
+    quota = error_from_status(
+        403,
+        status(
+            403,
+            "Forbidden",
+            'configmaps "x" is forbidden: exceeded quota: q, requested: count/configmaps=1,'
+            " used: count/configmaps=1, limited: count/configmaps=1",
+            {"name": "x", "kind": "configmaps"},
+        ),
+        "POST",
+        PATH,
+    )
+    assert isinstance(denied, Forbidden)
+    assert isinstance(quota, Forbidden)
+    assert denied.rbac_denied
+    assert not denied.namespace_terminating
+    assert not quota.rbac_denied
+    assert not quota.namespace_terminating
+    assert quota.causes == []
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [
+        (401, Unauthorized),
+        (422, Invalid),
+        (429, TooManyRequests),
+        (500, ServerError),
+        (503, ServerError),
+        (504, ServerError),
+        (418, ApiError),
+    ],
+)
+def test_status_codes_map_to_types(code: int, kind: type[ApiError]) -> None:
+    err = error_from_status(code, status(code, "Whatever", "text"), "GET", PATH, retry_after=2)
+    assert type(err) is kind
+    assert err.status == code
+    assert err.reason == "Whatever"
+    assert err.message == "text"
+    assert err.retry_after == 2
+    assert err.details == {}
+    assert err.causes == []
+
+
+def test_invalid_keeps_its_field_causes() -> None:
+    body = status(
+        422,
+        "Invalid",
+        'ConfigMap "x" is invalid: metadata.name: Invalid value: "x": must be no more than'
+        " 253 characters",
+        {
+            "name": "x",
+            "kind": "ConfigMap",
+            "causes": [{"reason": "FieldValueInvalid", "message": "m", "field": "metadata.name"}],
+        },
+    )
+    err = error_from_status(422, body, "POST", PATH)
+    assert isinstance(err, Invalid)
+    assert [c["field"] for c in err.causes] == ["metadata.name"]
+
+
+def test_a_body_that_is_not_a_status_still_makes_an_error() -> None:
+    err = error_from_status(502, "<html>bad gateway</html>", "GET", PATH)
+    assert isinstance(err, ServerError)
+    assert err.message == "<html>bad gateway</html>"
+    assert err.details == {}
+    assert err.causes == []
+    odd = error_from_status(403, status(403, "Forbidden", "m", {"causes": "nonsense"}), "GET", PATH)
+    assert isinstance(odd, Forbidden)
+    assert odd.causes == []
+    assert not odd.namespace_terminating
+
+
+def test_retry_after_in_seconds_or_as_a_date() -> None:
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("") is None
+    assert parse_retry_after("1") == 1.0
+    assert parse_retry_after(" 7 ") == 7.0
+    assert parse_retry_after("-3") == 0.0
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after("nan") is None
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=120)
+    seconds = parse_retry_after(email.utils.format_datetime(later, usegmt=True))
+    assert seconds is not None
+    assert 100 < seconds <= 120
