@@ -415,7 +415,7 @@ def test_status_subresource_and_columns(
     ]
 
     table = control_plane.kubectl("get", api.PLURAL, "-n", namespace).stdout.splitlines()
-    assert table[0].split() == ["NAME", "ROUTING", "CONFIGMAP", "READY", "AGE"]
+    assert table[0].split() == ["NAME", "ROUTING", "CONFIGMAP", "READY", "HEALTHY", "SYNCED", "AGE"]
     assert table[1].split()[:4] == ["st", "roundrobin", "st-config", "True"]
     control_plane.kubectl(
         "wait", "--for=condition=Ready", f"{resource}/st", "-n", namespace, "--timeout=10s"

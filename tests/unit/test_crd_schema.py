@@ -195,6 +195,8 @@ def test_crd_names_and_scope(crd: Schema, version: Schema) -> None:
         "listKind": f"{api.KIND}List",
         "plural": api.PLURAL,
         "singular": "staticroute",
+        "shortNames": ["sr"],
+        "categories": ["vllm"],
     }
     assert version["served"] is True
     assert version["storage"] is True
@@ -207,8 +209,15 @@ def test_printer_columns(version: Schema) -> None:
         "Routing": (".spec.routingLogic", "string"),
         "ConfigMap": (".status.configMapRef", "string"),
         "Ready": ('.status.conditions[?(@.type=="Ready")].status', "string"),
+        "Healthy": ('.status.conditions[?(@.type=="RouterHealthy")].status', "string"),
+        "Synced": ('.status.conditions[?(@.type=="RouterConfigSynced")].status', "string"),
+        "Message": ('.status.conditions[?(@.type=="Ready")].message', "string"),
         "Age": (".metadata.creationTimestamp", "date"),
     }
+    # Health and sync sit next to Ready; the message only in `-o wide`, as kubectl keeps
+    # the default view narrow; Age last, by kubectl's output conventions.
+    names = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
+    assert names == ["Routing", "ConfigMap", "Ready", "Healthy", "Synced", "Age"]
 
 
 # --- the schema against the models --------------------------------------------------
