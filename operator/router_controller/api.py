@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "production-stack.vllm.ai"
@@ -63,11 +63,27 @@ class _Model(BaseModel):
     )
 
 
+# A probe holds one of the operator's shared probe slots until it ends, so its timeout
+# is bounded: vllm_router answers /health from memory, and a minute is far beyond any
+# healthy answer. The CRD says the same (maximum, and a CEL rule for <= periodSeconds).
+MAX_TIMEOUT_SECONDS = 60
+
+
 class HealthCheck(_Model):
-    timeout_seconds: int = Field(default=5, ge=1)
+    timeout_seconds: int = Field(default=5, ge=1, le=MAX_TIMEOUT_SECONDS)
     period_seconds: int = Field(default=10, ge=1)
     success_threshold: int = Field(default=1, ge=1)
     failure_threshold: int = Field(default=3, ge=1)
+
+    @model_validator(mode="after")
+    def _timeout_within_period(self) -> HealthCheck:
+        if self.timeout_seconds > self.period_seconds:
+            raise ValueError(
+                f"healthCheck.timeoutSeconds ({self.timeout_seconds}) must not exceed "
+                f"healthCheck.periodSeconds ({self.period_seconds}): lower timeoutSeconds "
+                "(the default is 5) or raise periodSeconds"
+            )
+        return self
 
 
 class ObjectReference(_Model):

@@ -1,13 +1,38 @@
 """Router probing: every replica's ``/health``, thresholds, and the config-sync check.
 
 The original controller probed from inside the reconcile, blocking a worker for up
-to 30 s per unhealthy router. Here probing is a scheduler of its own: reconcile
-workers only *tell* it which endpoints a StaticRoute has (:meth:`Prober.sync`, which
-reads caches and returns at once) and read back what it knows. Probes run on one
-shared ``aiohttp.ClientSession`` with bounded concurrency, each endpoint every
-``periodSeconds`` with ``timeoutSeconds``; ``successThreshold`` / ``failureThreshold``
-consecutive results flip an endpoint's state, and only a changed state enqueues the
-StaticRoute, so steady probing causes no status writes.
+to 30 s per unhealthy router. Here probing runs apart: reconcile workers only *tell*
+the prober which endpoints a StaticRoute has (:meth:`Prober.sync`, which reads caches
+and returns at once) and read back what it knows. ``successThreshold`` /
+``failureThreshold`` consecutive results flip an endpoint's state, and only a changed
+state enqueues the StaticRoute, so steady probing causes no status writes.
+
+One operator probes for every namespace, and everything about a probe is chosen by
+whoever writes a StaticRoute or a Service, so probing is built not to let one tenant
+starve, blind or exhaust it for the others:
+
+- **Scheduling.** Each (StaticRoute, endpoint) is a key in a :class:`WorkQueue`: its
+  delayed adds are the timer (next probe ``periodSeconds`` after the last one
+  started), its dedup and one-key-in-flight rule mean an endpoint never has two
+  probes at once. A key that falls due goes into :class:`FairSlots`, which hands out
+  the ``--probe-concurrency`` slots in turn between namespaces and, within one,
+  between StaticRoutes, each under a cap (half the slots per namespace, a quarter per
+  StaticRoute), so routers that accept and never answer only delay their own
+  namespace. ``timeoutSeconds`` is capped (:data:`MAX_TIMEOUT_SECONDS`, and at most
+  ``periodSeconds``) by the CRD and the API model, so no probe holds a slot longer.
+  How late each probe starts is exported as
+  ``router_controller_probe_lateness_seconds{namespace}``.
+- **Reading.** At most :data:`~router_controller.routerstate.MAX_HEALTH_BODY` bytes of
+  an answer are read (a longer one fails the probe), without decompression, and
+  every text a router sends is clipped before it reaches a status (see
+  :mod:`router_controller.routerstate`).
+- **Targets.** Only what the Service really routes to is probed: the IPv4/IPv6
+  addresses of its EndpointSlices, or else its cluster IP. An ExternalName Service or
+  host-name (FQDN) endpoints would make the operator resolve and probe whatever
+  name a tenant picked, in any namespace, so they get ``UnsupportedRouterService``
+  instead of a probe. The caches are read only for the fields the trimmed informers
+  keep (Service ``spec.type/clusterIP/externalName/ports``; EndpointSlice
+  ``addressType/endpoints[].addresses/conditions/ports``).
 
 An endpoint is *config-synced* when the ``dynamic_config`` in its ``/health`` answer
 holds, for every key our file sets, the same value. Right after a change that is
@@ -23,7 +48,7 @@ report) live in :mod:`router_controller.routerstate`.
 from __future__ import annotations
 
 import asyncio
-import heapq
+import ipaddress
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -32,21 +57,30 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from router_controller.api import HealthCheck, LabelSelector, StaticRouteSpec
+from router_controller.api import MAX_TIMEOUT_SECONDS, HealthCheck, LabelSelector, StaticRouteSpec
+from router_controller.fairshare import FairSlots, Limits
 from router_controller.kube import Object
 from router_controller.metrics import Metrics
 from router_controller.reconciler import RouterReport
 from router_controller.routerstate import (
+    MAX_HEALTH_BODY,
     EndpointState,
     ProbeResult,
     build_report,
+    clip,
     read_health,
     selector_matches,
+    too_long,
 )
+from router_controller.workqueue import ShutDown, WorkQueue
 
 Key = tuple[str, str]
+ProbeKey = tuple[str, str, str]  # namespace, StaticRoute, endpoint address
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 DEFAULT_PORT = 8000
+UNSUPPORTED = "UnsupportedRouterService"
+# What a probe asks for: no compression (a small gzip body can inflate to gigabytes).
+_HEADERS = {"Accept-Encoding": "identity", "User-Agent": "router-controller"}
 
 
 class ObjectCache(Protocol):
@@ -76,12 +110,16 @@ def slice_service(eps: Object) -> list[str]:
 class _Endpoint:
     """One probed endpoint of one StaticRoute, as the scheduler tracks it."""
 
-    route: Key
+    key: ProbeKey
     check: HealthCheck
     state: EndpointState
     changed_at: str | None = None
-    due: float = 0.0  # when the next probe is due; older heap entries are stale
+    due: float = 0.0  # when the next probe should start (loop time)
     task: asyncio.Task[None] | None = None  # the probe in flight, if any
+
+    @property
+    def route(self) -> Key:
+        return self.key[0], self.key[1]
 
 
 @dataclass
@@ -91,6 +129,14 @@ class _Route:
     services: set[Key] = field(default_factory=set)
     expected: dict[str, Any] | None = None
     problem: tuple[str, str] | None = None  # (reason, message) when no endpoint can be probed
+
+
+@dataclass(frozen=True, slots=True)
+class _Resolved:
+    """What a Service routes to: probe addresses, or why it cannot be probed."""
+
+    addresses: list[str]
+    unsupported: str | None = None
 
 
 class Prober:
@@ -113,7 +159,9 @@ class Prober:
         self._metrics = metrics
         self._enqueue = enqueue
         self._allow_cross_namespace = allow_cross_namespace
-        self._limit = asyncio.Semaphore(concurrency)
+        self.limits = Limits.sharing(concurrency)
+        self._slots: FairSlots[_Endpoint] = FairSlots(self.limits)
+        self._queue: WorkQueue[ProbeKey] = WorkQueue(name="probes")
         self._session = session
         self._own_session = session is None
         self._now = now or (lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -124,11 +172,8 @@ class Prober:
         self._selecting: dict[str, set[Key]] = {}
         # StaticRoute -> address -> endpoint
         self._endpoints: dict[Key, dict[str, _Endpoint]] = {}
-        # (due, sequence, endpoint); an entry whose endpoint was dropped is skipped
-        self._heap: list[tuple[float, int, _Endpoint]] = []
-        self._sequence = 0
-        self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
 
     # -- what the reconciler and the informers call ------------------------------------
 
@@ -191,7 +236,7 @@ class Prober:
             if kind != "Service":
                 state.problem = (
                     "InvalidRouterRef",
-                    f"spec.routerRef.kind is {kind}; it must be Service",
+                    f"spec.routerRef.kind is {clip(kind)}; it must be Service",
                 )
             elif ref_ns != key[0] and not self._allow_cross_namespace:
                 state.problem = (
@@ -202,7 +247,7 @@ class Prober:
                     "--allow-cross-namespace-router-ref",
                 )
             else:
-                found = self._addresses(state.ref)
+                found = self._resolve(state.ref)
                 if found is None:
                     state.problem = (
                         "RouterNotFound",
@@ -210,7 +255,9 @@ class Prober:
                     )
                 else:
                     state.services.add(state.ref)
-                    addresses.extend(found)
+                    if found.unsupported is not None:
+                        state.problem = (UNSUPPORTED, f"{found.unsupported} (spec.routerRef)")
+                    addresses.extend(found.addresses)
         if spec.router_selector is not None:
             # Registered even when routerRef has a problem, so that a matching Service
             # created later still brings this StaticRoute back.
@@ -220,10 +267,15 @@ class Prober:
                 for svc in self._services.items(key[0])
                 if selector_matches(spec.router_selector, svc["metadata"].get("labels") or {})
             ]
-            for svc in matched:
+            for svc in sorted(matched, key=lambda s: str(s["metadata"]["name"])):
                 service = (key[0], svc["metadata"]["name"])
                 state.services.add(service)
-                addresses.extend(self._addresses(service) or [])
+                found = self._resolve(service)
+                if found is None:
+                    continue
+                if found.unsupported is not None and state.problem is None:
+                    state.problem = (UNSUPPORTED, f"{found.unsupported} (spec.routerSelector)")
+                addresses.extend(found.addresses)
             if not matched and spec.router_ref is None:
                 state.problem = (
                     "RouterNotFound",
@@ -246,38 +298,60 @@ class Prober:
         svc = self._services.get(namespace, name)
         return dict((svc or {}).get("metadata", {}).get("labels") or {})
 
-    def _addresses(self, service: Key) -> list[str] | None:
-        """``scheme://host:port`` of each ready endpoint; None when the Service is missing."""
+    def _resolve(self, service: Key) -> _Resolved | None:
+        """``scheme://ip:port`` of each ready endpoint; None when the Service is missing."""
         svc = self._services.get(*service)
         if svc is None:
             return None
-        ports = (svc.get("spec") or {}).get("ports") or []
+        spec = svc.get("spec") or {}
+        name = f"{service[0]}/{service[1]}"
+        if spec.get("type") == "ExternalName":
+            return _Resolved(
+                [],
+                f"Service {name} is of type ExternalName ({clip(str(spec.get('externalName')))})"
+                ": only the IP addresses a Service routes to are probed (its EndpointSlices "
+                "or its cluster IP), never a DNS name. Point the StaticRoute at the router's "
+                "own ClusterIP Service",
+            )
+        ports = spec.get("ports") or []
         named = next((p for p in ports if p.get("name") in ("http", "https")), None)
         port_name = named.get("name") if named else None
         scheme = "https" if port_name == "https" else "http"
         found: list[str] = []
-        saw_slice = False
+        saw_ip_slice = False
+        host_names = 0
         # A Service may have several EndpointSlices, each with its own port list.
-        for eps in self._slices.by_index(SERVICE_INDEX, f"{service[0]}/{service[1]}"):
-            saw_slice = True
+        for eps in self._slices.by_index(SERVICE_INDEX, name):
+            family = {"IPv4": 4, "IPv6": 6}.get(str(eps.get("addressType")))
+            endpoints = eps.get("endpoints") or []
+            if family is None:  # FQDN: names a tenant chose, resolved anywhere
+                host_names += len(endpoints)
+                continue
+            saw_ip_slice = True
             port = DEFAULT_PORT
             for p in eps.get("ports") or []:
                 if port_name is not None and p.get("name") == port_name and p.get("port"):
                     port = int(p["port"])
-            for endpoint in eps.get("endpoints") or []:
+            for endpoint in endpoints:
                 if (endpoint.get("conditions") or {}).get("ready") is False:
                     continue
-                for ip in endpoint.get("addresses") or []:
-                    host = f"[{ip}]" if ":" in ip else ip
-                    found.append(f"{scheme}://{host}:{port}")
-        if saw_slice:
-            return found
+                for address in endpoint.get("addresses") or []:
+                    ip = _ip(address, family)
+                    if ip is not None:
+                        found.append(f"{scheme}://{ip}:{port}")
+        if saw_ip_slice:
+            return _Resolved(found)
+        if host_names:
+            return _Resolved(
+                [],
+                f"Service {name} has only host-name endpoints (EndpointSlice addressType "
+                "FQDN): only IP addresses are probed, never a DNS name. List the router "
+                "Pods' IP addresses (addressType IPv4 or IPv6), or give the Service a "
+                "selector",
+            )
         port = int(named["port"]) if named and named.get("port") else DEFAULT_PORT
-        cluster_ip = (svc.get("spec") or {}).get("clusterIP")
-        host = (
-            cluster_ip if cluster_ip and cluster_ip != "None" else f"{service[1]}.{service[0]}.svc"
-        )
-        return [f"{scheme}://{host}:{port}"]
+        cluster_ip = _ip(str(spec.get("clusterIP") or ""), None)
+        return _Resolved([f"{scheme}://{cluster_ip}:{port}"] if cluster_ip else [])
 
     def _set_endpoints(
         self,
@@ -289,6 +363,7 @@ class Prober:
         current = self._endpoints.setdefault(key, {})
         for address in [a for a in current if a not in addresses]:
             self._drop(current.pop(address))
+        now = asyncio.get_running_loop().time()
         for address in addresses:
             endpoint = current.get(address)
             if endpoint is None:
@@ -299,28 +374,36 @@ class Prober:
                     else EndpointState(address)
                 )
                 endpoint = _Endpoint(
-                    route=key,
+                    key=(*key, address),
                     check=check,
                     state=state,
                     changed_at=entry.get("lastProbeTime") if entry else None,
+                    due=now,
                 )
                 current[address] = endpoint
-                self._schedule(endpoint, 0.0)
+                self._queue.add(endpoint.key)
             elif endpoint.check != check:
                 endpoint.check = check
                 if endpoint.task is None:  # a new period applies now, not after the old one
-                    self._schedule(endpoint, 0.0)
+                    endpoint.due = now
+                    self._queue.add(endpoint.key)
         if not current:
             del self._endpoints[key]
 
     def _drop(self, endpoint: _Endpoint) -> None:
-        """Stop probing an endpoint; a probe in flight is abandoned, freeing its slot."""
+        """Stop probing an endpoint; a probe in flight is abandoned, freeing its slot.
+
+        Its key may still wait in the queue or for a slot; it is dropped when it
+        comes out, as no tracked endpoint answers to it any more.
+        """
         if endpoint.task is not None:
             endpoint.task.cancel()
-            endpoint.task = None
+
+    def _lookup(self, key: ProbeKey) -> _Endpoint | None:
+        return self._endpoints.get((key[0], key[1]), {}).get(key[2])
 
     def _tracked(self, endpoint: _Endpoint) -> bool:
-        return self._endpoints.get(endpoint.route, {}).get(endpoint.state.address) is endpoint
+        return self._lookup(endpoint.key) is endpoint
 
     # -- the report --------------------------------------------------------------------
 
@@ -345,64 +428,78 @@ class Prober:
 
     # -- the scheduler -----------------------------------------------------------------
 
-    def _schedule(self, endpoint: _Endpoint, delay: float) -> None:
-        self._sequence += 1
-        endpoint.due = asyncio.get_running_loop().time() + delay
-        heapq.heappush(self._heap, (endpoint.due, self._sequence, endpoint))
-        self._wake.set()
-
     async def start(self) -> None:
         """Run probes as they fall due, until cancelled."""
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, ssl=False, force_close=True),
+                auto_decompress=False,
             )
-        loop = asyncio.get_running_loop()
         try:
             while True:
-                self._wake.clear()
-                now = loop.time()
-                while self._heap and self._heap[0][0] <= now:
-                    due, _, endpoint = heapq.heappop(self._heap)
-                    if (
-                        not self._tracked(endpoint)
-                        or endpoint.due != due
-                        or endpoint.task is not None
-                    ):
-                        continue
-                    task = asyncio.create_task(
-                        self._probe(endpoint), name=f"probe {endpoint.state.address}"
-                    )
-                    endpoint.task = task
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-                timeout = self._heap[0][0] - now if self._heap else None
                 try:
-                    async with asyncio.timeout(timeout):
-                        await self._wake.wait()
-                except TimeoutError:
-                    pass
+                    key = await self._queue.get()
+                except ShutDown:
+                    return
+                self._admit(key)
         finally:
+            self._stopping = True
             for task in list(self._tasks):
                 task.cancel()
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._queue.shutdown(0)
 
     async def close(self) -> None:
         if self._own_session and self._session is not None:
             await self._session.close()
             self._session = None
 
+    def _admit(self, key: ProbeKey) -> None:
+        """A key came out of the queue: wait for a fair slot, or for its due time."""
+        endpoint = self._lookup(key)
+        if endpoint is None or endpoint.task is not None:
+            self._queue.done(key)  # dropped, or re-added for a probe already running
+            return
+        early = endpoint.due - asyncio.get_running_loop().time()
+        if early > 0.001:  # an older, earlier due time: wait for the current one
+            self._queue.done(key)
+            self._queue.add_after(key, early)
+            return
+        self._slots.push(key[0], key[1], endpoint)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Start every probe the fair slots allow now."""
+        while not self._stopping and (picked := self._slots.pop()) is not None:
+            namespace, group, endpoint = picked
+            if not self._tracked(endpoint):  # dropped while it waited for a slot
+                self._slots.release(namespace, group)
+                self._queue.done(endpoint.key)
+                continue
+            task = asyncio.create_task(
+                self._probe(endpoint), name=f"probe {endpoint.state.address}"
+            )
+            endpoint.task = task
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
     async def _probe(self, endpoint: _Endpoint) -> None:
         loop = asyncio.get_running_loop()
         check = endpoint.check
+        key = endpoint.route
         started = loop.time()
-        async with self._limit:
-            result = await self._get_health(endpoint.state.address, check.timeout_seconds)
-        endpoint.task = None
+        self._metrics.probe_lateness.labels(key[0]).observe(max(0.0, started - endpoint.due))
+        try:
+            timeout = min(check.timeout_seconds, check.period_seconds, MAX_TIMEOUT_SECONDS)
+            result = await self._get_health(endpoint.state.address, timeout)
+        finally:
+            endpoint.task = None
+            self._slots.release(key[0], key[1])
+            self._queue.done(endpoint.key)
+            self._dispatch()
         if not self._tracked(endpoint):
             return  # removed while probing
-        key = endpoint.route
         self._metrics.probe_duration.labels(*key).observe(loop.time() - started)
         route = self._routes.get(key)
         expected = route.expected if route is not None else None
@@ -416,7 +513,8 @@ class Prober:
         if after != before:
             endpoint.changed_at = self._now()
             self._enqueue(key)
-        self._schedule(endpoint, max(0.0, started + endpoint.check.period_seconds - loop.time()))
+        endpoint.due = started + endpoint.check.period_seconds
+        self._queue.add_after(endpoint.key, max(0.0, endpoint.due - loop.time()))
 
     async def _get_health(self, address: str, timeout: float) -> ProbeResult:
         if self._session is None:
@@ -426,15 +524,42 @@ class Prober:
                 f"{address}/health",
                 timeout=aiohttp.ClientTimeout(total=timeout),
                 allow_redirects=False,
+                headers=_HEADERS,
             ) as resp:
-                body = await resp.read()
+                if (resp.content_length or 0) > MAX_HEALTH_BODY:
+                    return too_long(resp.status)
+                body = await _read_at_most(resp.content, MAX_HEALTH_BODY)
                 return read_health(resp.status, resp.reason or "", body)
         except TimeoutError:
             return ProbeResult(False, f"GET /health timed out after {timeout:g}s")
         except aiohttp.ClientConnectorError as err:
             return ProbeResult(False, f"cannot connect: {_describe(err.os_error)}")
         except Exception as err:  # whatever went wrong is this probe's failure, not the prober's
-            return ProbeResult(False, f"GET /health failed: {type(err).__name__}: {err}")
+            return ProbeResult(False, clip(f"GET /health failed: {type(err).__name__}: {err}"))
+
+
+async def _read_at_most(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body up to its end or to one byte past ``limit``, whichever comes first."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await stream.read(limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _ip(text: str, family: int | None) -> str | None:
+    """``text`` as a URL host if it is an IP address (of ``family``, if given), else None."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if family is not None and ip.version != family:
+        return None
+    return f"[{ip}]" if ip.version == 6 else str(ip)
 
 
 def _describe(err: OSError) -> str:

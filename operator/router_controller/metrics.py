@@ -38,6 +38,7 @@ _RECONCILE_BUCKETS = (
 # client-go workqueue buckets: ExponentialBuckets(10e-9, 10, 12).
 _QUEUE_BUCKETS = tuple(10e-9 * 10**i for i in range(12))
 _PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 30, 60)
 
 RESULTS = ("success", "error", "requeue", "requeue_after")
 
@@ -156,6 +157,13 @@ class Metrics:
             "router_controller_routers_unhealthy",
             "Router endpoints currently unhealthy per StaticRoute",
             ["namespace", "staticroute"],
+            registry=r,
+        )
+        self.probe_lateness = Histogram(
+            "router_controller_probe_lateness_seconds",
+            "How late router probes start, per namespace: actual start minus scheduled start",
+            ["namespace"],
+            buckets=_LATENESS_BUCKETS,
             registry=r,
         )
 

@@ -3,6 +3,18 @@
 Kept apart from the scheduler in :mod:`router_controller.health` so that every rule
 (how a ``/health`` answer is judged, when thresholds flip an endpoint, which
 condition and message a set of endpoints gives) is tested without a server.
+
+Everything a router sends is untrusted and unbounded, and the status it lands in is
+not: the API server refuses (422) a condition message over 32,768 characters, and
+etcd an object over about 1.5 MiB, and a refused status write leaves the old
+``Ready=True`` in place. So this module bounds every text on its way in
+(:func:`clip`: a router's own words are cut to :data:`MAX_ROUTER_TEXT` characters, an
+endpoint's message to :data:`MAX_ENDPOINT_MESSAGE`), a condition names at most
+:data:`MAX_NAMED` endpoints and counts the rest (:func:`summarise`: "12 of 600
+endpoint(s) unhealthy: a: ...; b: ...; c: ... and 9 more"), and ``status.routers``
+lists at most :data:`MAX_LISTED` endpoints, those with a problem first. Whatever the
+routers answer, a status then stays under about 0.7 MiB and every message under 4 KiB.
+Other parts may reuse :func:`clip` and :func:`summarise` for their own messages.
 """
 
 from __future__ import annotations
@@ -15,11 +27,41 @@ from typing import Any
 from router_controller import conditions as cond
 from router_controller.api import HealthCheck, LabelSelector
 from router_controller.reconciler import RouterReport
-from router_controller.routerconfig import config_mismatches
+from router_controller.routerconfig import ROUTER_KEYS, config_mismatches
+
+# The most of a /health answer that is read. vllm_router answers with its status and
+# its dynamic_config: 17 keys, of which at most seven free strings (backends, models,
+# aliases, labels, types, prefill and decode labels) that the CRD caps at 8 KiB each,
+# so a real answer is under 60 KiB even at the limits and a few hundred bytes usually.
+# 256 KiB leaves four times that; the kubelet, for comparison, reads 10 KiB of a probe
+# body. A longer answer is not read any further and counts as a failed probe.
+MAX_HEALTH_BODY = 256 * 1024
+MAX_ROUTER_TEXT = 200  # characters of anything a router wrote (a status, a reason phrase)
+MAX_ENDPOINT_MESSAGE = 512  # characters of one endpoint's message in status.routers
+MAX_NAMED = 5  # endpoints named in one condition message; the others are counted
+MAX_LISTED = 1000  # entries of status.routers
 
 SYNC_DELAY_NOTE = (
     "(a router re-reads its file about every 10 s after the kubelet updates the mounted ConfigMap)"
 )
+
+
+def clip(text: str, limit: int = MAX_ROUTER_TEXT) -> str:
+    """``text`` cut to ``limit`` characters, the cut marked with an ellipsis."""
+    if len(text) <= limit:
+        return text
+    return text[: max(0, limit - 1)] + "\u2026"
+
+
+def summarise(items: Sequence[str], total: int | None = None, limit: int = MAX_NAMED) -> str:
+    """ "a; b; c and 9 more": the first ``limit`` items, then how many were left out.
+
+    ``total`` is the number of items when ``items`` holds only the first of them.
+    """
+    count = len(items) if total is None else total
+    shown = "; ".join(items[:limit])
+    rest = count - min(len(items), limit)
+    return f"{shown} and {rest} more" if rest > 0 else shown
 
 
 def selector_matches(selector: LabelSelector, labels: dict[str, str]) -> bool:
@@ -53,10 +95,27 @@ class ProbeResult:
     config: dict[str, Any] | None = None  # its dynamic_config; None when it sent none
 
 
+def too_long(status: int) -> ProbeResult:
+    """The result for an answer longer than :data:`MAX_HEALTH_BODY` (not read further)."""
+    return ProbeResult(
+        False,
+        f"GET /health answered {status} with a body over {MAX_HEALTH_BODY // 1024} KiB, "
+        "not read further: a router's answer is a few KiB; is this address the router?",
+    )
+
+
 def read_health(status: int, reason: str, body: bytes) -> ProbeResult:
-    """Judge a ``/health`` answer the way vllm_router gives it."""
+    """Judge a ``/health`` answer the way vllm_router gives it.
+
+    ``body`` is at most :data:`MAX_HEALTH_BODY` bytes (the caller stops reading
+    there), so parsing it takes a few milliseconds at worst. What the router wrote is
+    clipped before it goes into a message, and only the keys a router's config can
+    have are kept from its ``dynamic_config``.
+    """
+    if len(body) > MAX_HEALTH_BODY:
+        return too_long(status)
     if status != 200:
-        return ProbeResult(False, f"GET /health answered {status} {reason}".rstrip())
+        return ProbeResult(False, f"GET /health answered {status} {clip(reason)}".rstrip())
     try:
         answer = json.loads(body)
     except (ValueError, RecursionError):
@@ -65,9 +124,11 @@ def read_health(status: int, reason: str, body: bytes) -> ProbeResult:
         return ProbeResult(False, "GET /health answered 200 but not with a JSON object")
     status_text = answer.get("status", "healthy")
     if status_text != "healthy":
-        return ProbeResult(False, f"GET /health answered 200 with status {status_text!r}")
+        return ProbeResult(False, f"GET /health answered 200 with status {clip(repr(status_text))}")
     config = answer.get("dynamic_config")
-    return ProbeResult(True, config=config if isinstance(config, dict) else None)
+    if not isinstance(config, dict):
+        return ProbeResult(True)
+    return ProbeResult(True, config={k: v for k, v in config.items() if k in ROUTER_KEYS})
 
 
 # -- one endpoint --------------------------------------------------------------------
@@ -112,7 +173,7 @@ class EndpointState:
             address,
             bool(healthy),
             bool(entry.get("configSynced")) if healthy else None,
-            str(entry.get("message") or ""),
+            clip(str(entry.get("message") or ""), MAX_ENDPOINT_MESSAGE),
         )
         return cls(
             address,
@@ -132,7 +193,7 @@ class EndpointState:
         else:
             self.failures += 1
             self.successes = 0
-            self.failure = result.message
+            self.failure = clip(result.message, MAX_ENDPOINT_MESSAGE)
             if self.failures >= check.failure_threshold:
                 self.healthy = False
                 self.config = None
@@ -266,19 +327,40 @@ def build_report(
             generation,
         )
 
+    listed = _listed(views)
+    if len(listed) < len(views):
+        healthy = {
+            **healthy,
+            "message": f"{healthy['message']} (status.routers lists {len(listed)} of "
+            f"{len(views)} endpoints, those with a problem first)",
+        }
     routers = [
         {
             "address": v.address,
             "healthy": bool(v.healthy),
             "configSynced": bool(v.synced),
-            "message": v.message,
+            "message": clip(v.message, MAX_ENDPOINT_MESSAGE),
             **({"lastProbeTime": v.last_probe_time} if v.last_probe_time else {}),
         }
-        for v in views
+        for v in listed
     ]
     ready = healthy["status"] == "True" and synced["status"] == "True"
     return RouterReport(conditions=[healthy, synced], routers=routers, ready=ready)
 
 
 def _list(views: Sequence[EndpointView]) -> str:
-    return "; ".join(f"{v.address}: {v.message}" for v in views)
+    """The first :data:`MAX_NAMED` endpoints with their messages, and a count of the rest."""
+    return summarise(
+        [f"{v.address}: {clip(v.message, MAX_ENDPOINT_MESSAGE)}" for v in views[:MAX_NAMED]],
+        total=len(views),
+    )
+
+
+def _listed(views: Sequence[EndpointView]) -> list[EndpointView]:
+    """At most :data:`MAX_LISTED` endpoints, in address order: problems first, then the rest."""
+    if len(views) <= MAX_LISTED:
+        return list(views)
+    problems = [v for v in views if not (v.healthy and v.synced is not False)]
+    fine = [v for v in views if v.healthy and v.synced is not False]
+    chosen = {v.address for v in (problems + fine)[:MAX_LISTED]}
+    return [v for v in views if v.address in chosen]

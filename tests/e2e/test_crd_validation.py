@@ -299,6 +299,21 @@ INVALID = [
         _spec(callbacks="my.module.Callbacks"),
         ('unknown field "spec.callbacks"',),
     ),
+    Invalid(
+        "timeoutSeconds-above-maximum",
+        _spec(healthCheck={"timeoutSeconds": 3600, "periodSeconds": 7200}),
+        ("spec.healthCheck.timeoutSeconds", "less than or equal to 60"),
+    ),
+    Invalid(
+        "timeoutSeconds-above-periodSeconds",
+        _spec(healthCheck={"timeoutSeconds": 30, "periodSeconds": 10}),
+        ("spec.healthCheck.timeoutSeconds", "must not exceed healthCheck.periodSeconds"),
+    ),
+    Invalid(
+        "default-timeoutSeconds-above-periodSeconds",
+        _spec(healthCheck={"periodSeconds": 2}),
+        ("spec.healthCheck.timeoutSeconds", "the default is 5"),
+    ),
 ]
 
 

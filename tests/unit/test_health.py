@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -22,12 +23,17 @@ from router_controller.metrics import Metrics
 from router_controller.reconciler import RouterReport
 from router_controller.routerconfig import render
 from router_controller.routerstate import (
+    MAX_ENDPOINT_MESSAGE,
+    MAX_HEALTH_BODY,
+    MAX_LISTED,
     EndpointState,
     EndpointView,
     ProbeResult,
     build_report,
+    clip,
     read_health,
     selector_matches,
+    summarise,
 )
 from tests.e2e.fakerouter import FakeRouter, endpointslice, service
 from tests.e2e.support import wait_for
@@ -421,9 +427,11 @@ async def test_prober_resolves_ports_and_falls_back_to_the_service_address() -> 
     tls = harness.prober.sync(ROUTE, route_spec(routerRef={"name": "tls"}), None)
     assert tls is not None
     assert [r["address"] for r in tls.routers] == ["https://10.0.0.7:443"]
+    # A headless Service without EndpointSlices routes nowhere: no DNS name is probed.
     headless = harness.prober.sync(ROUTE, route_spec(routerRef={"name": "headless"}), None)
+    assert conditions_of(headless)["RouterHealthy"] == ("False", "NoEndpoints")
     assert headless is not None
-    assert [r["address"] for r in headless.routers] == ["http://headless.default.svc:8000"]
+    assert headless.routers == []
     harness.prober.forget(*KEY)
 
 
@@ -475,7 +483,7 @@ async def test_a_new_file_is_never_reported_synced_on_an_answer_to_the_old_one()
 async def test_forget_abandons_a_probe_in_flight() -> None:
     async with FakeRouter(host=LOCAL) as router:
         router.set_mode("hang")
-        spec = route_spec(healthCheck={**FAST, "timeoutSeconds": 600})
+        spec = route_spec(healthCheck={**FAST, "timeoutSeconds": 60, "periodSeconds": 60})
         services = Cache(service(NS, "router", router.port))
         slices = Cache(endpointslice(NS, "router", 0, LOCAL, router.port))
         async with running(services, slices) as h:
@@ -502,3 +510,133 @@ async def test_routes_for_maps_services_and_their_slices_to_staticroutes() -> No
                                      endpointslice=False) == []  # fmt: skip
     harness.prober.forget(*KEY)
     assert harness.prober.routes_for(labelled, endpointslice=False) == []
+
+
+# -- bounded answers and bounded status ---------------------------------------------
+
+
+def test_clip_and_summarise() -> None:
+    assert clip("short") == "short"
+    long = clip("x" * 1000, 10)
+    assert len(long) == 10
+    assert long.endswith("\u2026")
+    assert summarise(["a", "b", "c"], total=12, limit=3) == "a; b; c and 9 more"
+    assert summarise(["a", "b"], limit=3) == "a; b"
+
+
+def test_a_body_over_the_limit_is_a_failed_probe() -> None:
+    body = b" " * (MAX_HEALTH_BODY + 1)
+    result = read_health(200, "OK", body)
+    assert not result.ok
+    assert "over 256 KiB" in result.message
+    assert read_health(200, "OK", b'{"status": "healthy"}' + b" " * 1000).ok
+
+
+def test_what_a_router_writes_is_clipped() -> None:
+    body = json.dumps({"status": "x" * 40_000}).encode()
+    result = read_health(200, "OK", body)
+    assert not result.ok
+    assert result.message.startswith("GET /health answered 200 with status 'xxx")
+    assert len(result.message) < 300
+    reason = read_health(503, "y" * 8000, b"")
+    assert len(reason.message) < 300
+    junk = json.dumps(
+        {"status": "healthy", "dynamic_config": {"routing_logic": "roundrobin", "junk": "z"}}
+    ).encode()
+    assert read_health(200, "OK", junk).config == {"routing_logic": "roundrobin"}
+
+
+def test_a_failure_message_is_bounded_in_the_state() -> None:
+    state = EndpointState("http://10.0.0.1:8000")
+    state.observe(ProbeResult(False, "m" * 100_000), HealthCheck(failure_threshold=1))
+    assert len(state.view(EXPECTED).message) == MAX_ENDPOINT_MESSAGE
+
+
+def test_many_unhealthy_endpoints_are_summarised() -> None:
+    views = [_view(f"http://10.0.{i // 250}.{i % 250}:8000", False, None) for i in range(600)]
+    views = [replace(v, message="f" * 5000) for v in views]
+    report = build_report(views, problem=None, has_config=True, generation=1)
+    healthy = report.conditions[0]
+    assert healthy["message"].startswith("600 of 600 endpoint(s) unhealthy: http://10.0.0.0:8000: ")
+    assert healthy["message"].endswith(" and 595 more")
+    assert len(healthy["message"]) < 4096
+    assert len(report.routers) == 600
+    assert all(len(r["message"]) <= MAX_ENDPOINT_MESSAGE for r in report.routers)
+    assert len(json.dumps(report.routers)) < 1024 * 1024
+
+
+def test_status_lists_at_most_max_listed_endpoints_problems_first() -> None:
+    total = MAX_LISTED + 500
+    views = [_view(f"http://10.1.{i // 250}.{i % 250}:8000", True, True) for i in range(total)]
+    sick = views[-1].address
+    views[-1] = _view(sick, False, None)
+    report = build_report(views, problem=None, has_config=True, generation=1)
+    assert len(report.routers) == MAX_LISTED
+    assert sick in {r["address"] for r in report.routers}
+    assert f"status.routers lists {MAX_LISTED} of {total}" in report.conditions[0]["message"]
+
+
+def test_health_check_timeout_is_capped() -> None:
+    assert HealthCheck(timeout_seconds=60, period_seconds=60).timeout_seconds == 60
+    with pytest.raises(ValueError, match="less than or equal to 60"):
+        HealthCheck(timeout_seconds=61, period_seconds=120)
+    with pytest.raises(ValueError, match=r"must not exceed healthCheck\.periodSeconds"):
+        HealthCheck(timeout_seconds=5, period_seconds=1)
+
+
+# -- only what a Service routes to is probed -----------------------------------------
+
+
+def _svc(name: str, **spec: Any) -> Object:
+    return {"metadata": {"namespace": NS, "name": name}, "spec": spec}
+
+
+def _slice(service_name: str, address_type: str, *addresses: str) -> Object:
+    eps = endpointslice(NS, service_name, 0, "10.0.0.1", 8080)
+    eps["metadata"]["name"] = f"{service_name}-{address_type.lower()}"
+    eps["addressType"] = address_type
+    eps["endpoints"] = [{"addresses": [a], "conditions": {"ready": True}} for a in addresses]
+    return eps
+
+
+async def test_external_name_and_host_name_endpoints_are_never_probed() -> None:
+    harness = Harness(
+        Cache(
+            _svc("ext", type="ExternalName", externalName="router.victim.svc.cluster.local"),
+            _svc("fqdn", clusterIP="10.0.0.9", ports=[{"name": "http", "port": 80}]),
+        ),
+        Cache(_slice("fqdn", "FQDN", "router.victim.svc.cluster.local")),
+    )
+    ext = harness.prober.sync(ROUTE, route_spec(routerRef={"name": "ext"}), None)
+    assert conditions_of(ext)["RouterHealthy"] == ("False", "UnsupportedRouterService")
+    assert ext is not None
+    assert ext.routers == []
+    message = ext.conditions[0]["message"]
+    assert "ExternalName (router.victim.svc.cluster.local)" in message
+    assert "ClusterIP Service" in message
+    fqdn = harness.prober.sync(ROUTE, route_spec(routerRef={"name": "fqdn"}), None)
+    assert conditions_of(fqdn)["RouterHealthy"] == ("False", "UnsupportedRouterService")
+    assert fqdn is not None
+    assert "addressType FQDN" in fqdn.conditions[0]["message"]
+    selected = harness.prober.sync(
+        ROUTE, route_spec(routerRef=None, routerSelector={"matchLabels": {}}), None
+    )
+    assert conditions_of(selected)["RouterHealthy"] == ("False", "UnsupportedRouterService")
+    harness.prober.forget(*KEY)
+
+
+async def test_only_ip_addresses_of_the_slice_family_are_probed() -> None:
+    harness = Harness(
+        Cache(_svc("dual", ports=[{"name": "http", "port": 80}])),
+        Cache(
+            _slice("dual", "IPv4", "10.0.0.5", "not-an-ip", "fd00::5"),
+            _slice("dual", "IPv6", "fd00::6", "10.0.0.6"),
+        ),
+    )
+    report = harness.prober.sync(ROUTE, route_spec(routerRef={"name": "dual"}), None)
+    assert report is not None
+    assert [r["address"] for r in report.routers] == [
+        "http://10.0.0.5:8080",
+        "http://[fd00::6]:8080",
+    ]
+    harness.prober.forget(*KEY)
