@@ -166,6 +166,26 @@ class Metrics:
             buckets=_LATENESS_BUCKETS,
             registry=r,
         )
+        # The metrics endpoint's own defences (server.py, metricsauth.py).
+        self.metrics_connections_rejected = Counter(
+            "router_controller_metrics_connections_rejected",
+            "Connections to the metrics port closed early, by reason: limit (refused, every "
+            "slot busy), evicted (made room for a newer one), handshake (TLS failed or timed out)",
+            ["reason"],
+            registry=r,
+        )
+        self.metrics_auth_reviews = Counter(
+            "router_controller_metrics_auth_reviews",
+            "Token reviews made for /metrics callers, by result (allowed, unauthenticated, "
+            "forbidden, error)",
+            ["result"],
+            registry=r,
+        )
+        self.metrics_auth_throttled = Counter(
+            "router_controller_metrics_auth_throttled",
+            "Requests for /metrics answered 429 because an unknown token found no review permit",
+            registry=r,
+        )
 
     def init_controller(self, controller: str, workers: int) -> None:
         """Create every series of a controller at 0, as controller-runtime does.
