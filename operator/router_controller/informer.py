@@ -5,39 +5,75 @@ only from these caches, so a steady reconcile makes no GET. Each scope (a namesp
 or the whole cluster) has one watch task that:
 
 - lists (paginated) and replaces its part of the cache, telling the handler about
-  objects that appeared, changed or vanished while it was not watching;
+  objects that appeared, changed or vanished while it was not watching. A page that
+  fails (a 429 after the client's own retries, a 5xx, a dropped connection) is asked
+  for again with the same continue token after a backoff, so a throttled list of a
+  big cluster makes progress instead of starting over; a 410 on the continue token
+  (etcd compacted past it) starts the list again;
 - watches from the list's resourceVersion with bookmarks on and a server-side
   timeout, so the stream is renewed regularly and the resourceVersion keeps moving;
 - on 410 Gone re-lists (and, if even that resourceVersion is gone, falls back to a
   fresh consistent list);
+- on a line that is not a well-formed event (:class:`MalformedWatchEvent`), and on a
+  watch that ends within a second without a single event, backs off and re-lists,
+  as client-go's reflector does ("very short watch"): the first means the stream
+  lost something, the second a server or proxy that answers at once, which must not
+  be re-opened in a tight loop;
 - on any other failure waits with jittered exponential backoff and watches again;
 - abandons a stream that has been silent for longer than bookmarks allow (the
   "silent stall" that leaves many Python operators deaf until restarted).
 
 Events are decoded as plain dicts and ``metadata.managedFields`` is dropped before
-caching: it is often the largest part of an object and nothing here reads it.
+caching: it is often the largest part of an object and nothing here reads it. A
+``transform`` goes further for kinds the operator does not own: it keeps only the
+fields the operator reads (:func:`trim_service`, :func:`trim_endpointslice`), so
+memory follows the StaticRoutes rather than the size of the cluster around them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import aiohttp
 import structlog
 
-from router_controller.kube import ApiError, Gone, Kube, Object, Resource
+from router_controller.kube import (
+    ApiError,
+    Gone,
+    Kube,
+    MalformedWatchEvent,
+    Object,
+    Resource,
+    ServerError,
+    TooManyRequests,
+    Unauthorized,
+)
 
 Key = tuple[str, str]
 # Maps an object to the index values it is filed under (e.g. its owner's uid).
 Indexer = Callable[[Object], Iterable[str]]
 # (event type: ADDED/MODIFIED/DELETED, the object, the cached object it replaces)
 Handler = Callable[[str, Object, Object | None], None]
+# Applied to every listed and watched object before it is cached or handled.
+Transform = Callable[[Object], Object]
 
 log = structlog.get_logger("informer")
+
+# client-go's reflector: a watch that ends sooner than this without an event is an error.
+SHORT_WATCH_SECONDS = 1.0
+# An EndpointSlice holds up to 100 endpoints (the controller's default), some 25 KB
+# of JSON and about nine times that decoded: a page of 500 is 14 MiB on the wire and
+# some 130 MiB in memory before trimming. Pages of 50 keep that near 13 MiB.
+ENDPOINTSLICE_PAGE_SIZE = 50
+# Errors after which a page is asked for again with the same continue token.
+_PAGE_RETRIED = (
+    TooManyRequests, ServerError, Unauthorized, aiohttp.ClientError, TimeoutError, OSError,
+)  # fmt: skip
 
 
 def key_of(obj: Object) -> Key:
@@ -56,6 +92,10 @@ class WatchTuning:
     backoff_max: float = 30.0
 
 
+class ShortWatch(Exception):
+    """The watch ended at once with no event: a server or proxy that answers empty."""
+
+
 class Informer:
     """Watches one kind in a set of scopes; serves reads from its cache."""
 
@@ -69,6 +109,8 @@ class Informer:
         label_selector: str | None = None,
         tuning: WatchTuning | None = None,
         indexers: Mapping[str, Indexer] | None = None,
+        transform: Transform | None = None,
+        page_size: int | None = None,
     ) -> None:
         self.resource = resource
         self._kube = kube
@@ -76,6 +118,8 @@ class Informer:
         self._handler = handler
         self._selector = label_selector
         self._tuning = tuning or WatchTuning()
+        self._page_size = page_size or self._tuning.page_size
+        self._transform = transform
         self._cache: dict[Key, Object] = {}
         self._by_namespace: dict[str, dict[Key, Object]] = {}
         self._indexers = dict(indexers or {})
@@ -83,7 +127,8 @@ class Informer:
         self._synced_scopes: set[str | None] = set()
         self.synced = asyncio.Event()
         self.restarts = 0  # watch streams re-opened for any reason
-        self.relists = 0  # lists after an expired (410) watch
+        self.relists = 0  # lists after an expired (410) watch, a malformed event or a short watch
+        self.resumed_pages = 0  # list pages asked for again with the same continue token
         self.tasks: list[asyncio.Task[None]] = []  # one watch task per scope, once started
 
     # -- reads -------------------------------------------------------------------------
@@ -125,6 +170,10 @@ class Informer:
     def scopes(self) -> list[str | None]:
         return list(self._scopes)
 
+    def _prepare(self, obj: Object) -> Object:
+        _slim(obj)
+        return self._transform(obj) if self._transform is not None else obj
+
     # -- running -----------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -158,6 +207,16 @@ class Informer:
                 bound.info("watch expired, re-listing", resourceVersion=resource_version)
                 self.relists += 1
                 relist = True
+            except (MalformedWatchEvent, ShortWatch) as err:
+                bound.warning(
+                    "watch stream unusable, re-listing after a backoff",
+                    error=str(err),
+                    retry_in=round(delay, 2),
+                )
+                self.relists += 1
+                relist = True
+                await asyncio.sleep(delay * random.uniform(1.0, 1.5))  # noqa: S311 - jitter
+                delay = min(delay * 2, self._tuning.backoff_max)
             except (ApiError, aiohttp.ClientError, TimeoutError, OSError, ValueError) as err:
                 bound.warning("watch failed, retrying", error=str(err), retry_in=round(delay, 2))
                 await asyncio.sleep(delay * random.uniform(1.0, 1.5))  # noqa: S311 - jitter
@@ -174,25 +233,37 @@ class Informer:
 
     async def _list(self, scope: str | None, resource_version: str) -> str:
         """Replace this scope's part of the cache with a fresh list; return its resourceVersion."""
-        fresh: dict[Key, Object] = {}
-        params: dict[str, str] = {"limit": str(self._tuning.page_size)}
+        path = self.resource.path(scope)
+        first: dict[str, str] = {"limit": str(self._page_size)}
         if self._selector:
-            params["labelSelector"] = self._selector
+            first["labelSelector"] = self._selector
         if resource_version:
-            params["resourceVersion"] = resource_version
-            params["resourceVersionMatch"] = "NotOlderThan"
+            first["resourceVersion"] = resource_version
+            first["resourceVersionMatch"] = "NotOlderThan"
+        fresh: dict[Key, Object] = {}
+        params = first
         list_version = ""
         while True:
-            page = await self._kube.get(self.resource.path(scope), **params)
-            for item in page.get("items", []):
-                _slim(item)
-                fresh[key_of(item)] = item
-            meta = page.get("metadata", {})
+            try:
+                page = await self._page(path, params)
+            except Gone:
+                if "continue" not in params:
+                    raise
+                log.info(
+                    "list continue token expired, listing again from the start",
+                    resource=self.resource.plural,
+                    scope=scope or "*",
+                )
+                fresh, params = {}, first
+                continue
+            for item in page.get("items") or []:
+                self._collect(fresh, item)
+            meta = page.get("metadata") or {}
             list_version = meta.get("resourceVersion", list_version)
             token = meta.get("continue")
             if not token:
                 break
-            params = {"limit": str(self._tuning.page_size), "continue": token}
+            params = {"limit": str(self._page_size), "continue": str(token)}
             if self._selector:
                 params["labelSelector"] = self._selector
         gone = [k for k in self._cache if self._in_scope(k, scope) and k not in fresh]
@@ -204,11 +275,50 @@ class Informer:
             previous = self._store(key, obj)
             if previous is None:
                 self._handler("ADDED", obj, None)
-            elif previous["metadata"].get("resourceVersion") != obj["metadata"].get(
-                "resourceVersion"
-            ):
+            elif previous is not obj and previous["metadata"].get("resourceVersion") != obj[
+                "metadata"
+            ].get("resourceVersion"):
                 self._handler("MODIFIED", obj, previous)
         return str(list_version)
+
+    def _collect(self, fresh: dict[Key, Object], item: Any) -> None:
+        meta = item.get("metadata") if isinstance(item, dict) else None
+        if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+            log.warning("listed item without metadata.name ignored", resource=self.resource.plural)
+            return
+        key = key_of(item)
+        cached = self._cache.get(key)
+        if cached is not None and cached["metadata"].get("resourceVersion") == meta.get(
+            "resourceVersion"
+        ):
+            fresh[key] = cached  # unchanged: keep the cached copy, drop the decoded one at once
+        else:
+            fresh[key] = self._prepare(item)
+
+    async def _page(self, path: str, params: dict[str, str]) -> Object:
+        """One page of a list; a later page that fails is asked for again with its token.
+
+        The first page's failures go to the caller, whose backoff then starts the list
+        over, which is the same request.
+        """
+        delay = self._tuning.backoff_initial
+        while True:
+            try:
+                return await self._kube.get(path, **params)
+            except _PAGE_RETRIED as err:
+                if "continue" not in params:
+                    raise
+                log.warning(
+                    "list page failed, resuming from its continue token",
+                    resource=self.resource.plural,
+                    path=path,
+                    error=str(err),
+                    retry_in=round(delay, 2),
+                )
+                self.resumed_pages += 1
+                retry_after = getattr(err, "retry_after", None) or 0.0
+                await asyncio.sleep(max(retry_after, delay * random.uniform(1.0, 1.5)))  # noqa: S311
+                delay = min(delay * 2, self._tuning.backoff_max)
 
     async def _watch(self, scope: str | None, resource_version: str) -> str:
         low, high = self._tuning.server_timeout
@@ -219,11 +329,15 @@ class Informer:
         }
         if self._selector:
             params["labelSelector"] = self._selector
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        events = 0
         async for event in self._kube.watch(
             self.resource.path(scope), params=params, stall_timeout=self._tuning.stall_timeout
         ):
-            kind = event.get("type")
-            obj = event.get("object") or {}
+            events += 1
+            kind = event["type"]
+            obj = event["object"]
             if kind == "ERROR":
                 code = obj.get("code", 0)
                 if code == 410:
@@ -236,12 +350,17 @@ class Informer:
                 resource_version = version
             if kind == "BOOKMARK":
                 continue
-            _slim(obj)
+            obj = self._prepare(obj)
             key = key_of(obj)
             if kind == "DELETED":
                 self._handler("DELETED", obj, self._drop(key))
             else:
-                self._handler(kind or "MODIFIED", obj, self._store(key, obj))
+                self._handler(kind, obj, self._store(key, obj))
+        if events == 0 and loop.time() - started < SHORT_WATCH_SECONDS:
+            raise ShortWatch(
+                f"watch of {self.resource.path(scope)} ended within "
+                f"{SHORT_WATCH_SECONDS:.0f}s without an event"
+            )
         return resource_version
 
 
@@ -256,3 +375,125 @@ def _discard(table: dict[str, dict[Key, Object]], value: str, key: Key) -> None:
 def _slim(obj: Object) -> None:
     meta: dict[str, Any] = obj.get("metadata", {})
     meta.pop("managedFields", None)
+
+
+# -- trimming: what the operator reads of the kinds it does not own --------------------
+
+_KEPT_METADATA = (
+    "name", "namespace", "uid", "resourceVersion", "labels", "generation", "deletionTimestamp",
+)  # fmt: skip
+_KEPT_SERVICE_SPEC = ("type", "clusterIP", "clusterIPs", "externalName", "ports")
+_CONDITIONS = ("ready", "serving", "terminating")
+
+
+def _trim_metadata(meta: Any) -> dict[str, Any]:
+    if not isinstance(meta, dict):
+        return {}
+    kept = {k: meta[k] for k in _KEPT_METADATA if k in meta}
+    if isinstance(kept.get("namespace"), str):
+        kept["namespace"] = sys.intern(kept["namespace"])
+    labels = kept.get("labels")
+    if isinstance(labels, dict):
+        kept["labels"] = {sys.intern(str(k)): v for k, v in labels.items()}
+    return kept
+
+
+def trim_service(svc: Object) -> Object:
+    """A Service with only what routing and probing read: see CONTRACTS of the informer.
+
+    metadata {name, namespace, uid, resourceVersion, labels, generation,
+    deletionTimestamp}; spec {type, clusterIP, clusterIPs, externalName, ports}.
+    """
+    spec = svc.get("spec")
+    spec = spec if isinstance(spec, dict) else {}
+    return {
+        "metadata": _trim_metadata(svc.get("metadata")),
+        "spec": {k: spec[k] for k in _KEPT_SERVICE_SPEC if k in spec},
+    }
+
+
+def trim_endpointslice(eps: Object) -> Object:
+    """An EndpointSlice with metadata (as :func:`trim_service`), addressType, ports, and
+    endpoints reduced to ``addresses`` and ``conditions``, packed (:class:`PackedEndpoints`).
+    """
+    trimmed: Object = {"metadata": _trim_metadata(eps.get("metadata"))}
+    if "addressType" in eps:
+        trimmed["addressType"] = eps["addressType"]
+    endpoints = eps.get("endpoints")
+    trimmed["endpoints"] = PackedEndpoints(endpoints if isinstance(endpoints, list) else [])
+    if "ports" in eps:
+        trimmed["ports"] = eps["ports"]
+    return trimmed
+
+
+class PackedEndpoints(Sequence[Object]):
+    """An EndpointSlice's endpoints as ``{"addresses": [...], "conditions": {...}}``, packed.
+
+    A slice holds up to 100 endpoints (1,000 with a raised limit); as dicts of lists of
+    strings, one endpoint costs about 500 bytes of Python objects, so 10,000 slices of
+    100 cost 500 MiB. Packed, the addresses of a slice are one string and the three
+    conditions one byte per endpoint (absent, true or false each), about 15 bytes an
+    endpoint. Reading yields fresh dicts with the same shape as the API's, so readers
+    index them as usual; the slices are only ever read, never written back.
+    """
+
+    __slots__ = ("_addresses", "_conditions")
+
+    def __init__(self, endpoints: Iterable[Any]) -> None:
+        rows: list[str] = []
+        flags = bytearray()
+        for endpoint in endpoints:
+            if not isinstance(endpoint, dict):
+                continue
+            addresses = endpoint.get("addresses")
+            # Addresses are IPs or DNS names (validated by the API server): no spaces.
+            rows.append(" ".join(map(str, addresses)) if isinstance(addresses, list) else "")
+            flags.append(_pack_conditions(endpoint.get("conditions")))
+        self._addresses = "\n".join(rows)
+        self._conditions = bytes(flags)
+
+    def __len__(self) -> int:
+        return len(self._conditions)
+
+    def __iter__(self) -> Iterator[Object]:
+        rows = self._addresses.split("\n") if self._conditions else []
+        for row, packed in zip(rows, self._conditions, strict=True):
+            yield {"addresses": row.split(), "conditions": _unpack_conditions(packed)}
+
+    @overload
+    def __getitem__(self, index: int) -> Object: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Object]: ...
+
+    def __getitem__(self, index: int | slice) -> Object | list[Object]:
+        return list(self)[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str | bytes):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # equal to lists, like a list
+
+    def __repr__(self) -> str:
+        return f"PackedEndpoints({list(self)!r})"
+
+
+def _pack_conditions(conditions: Any) -> int:
+    packed = 0
+    if isinstance(conditions, dict):
+        for i, name in enumerate(_CONDITIONS):
+            value = conditions.get(name)
+            if isinstance(value, bool):
+                packed |= (1 if value else 2) << (2 * i)
+    return packed
+
+
+def _unpack_conditions(packed: int) -> dict[str, bool]:
+    out: dict[str, bool] = {}
+    for i, name in enumerate(_CONDITIONS):
+        bits = (packed >> (2 * i)) & 3
+        if bits:
+            out[name] = bits == 1
+    return out

@@ -124,6 +124,43 @@ class ServerError(ApiError):
     """Any 5xx: the API server, an aggregated API or a webhook failed."""
 
 
+class MalformedWatchEvent(ValueError):
+    """A watch stream line that is not a well-formed event; the stream is abandoned.
+
+    client-go's StreamWatcher ends the watch on a line it cannot decode, and the
+    reflector then lists again: whatever the line held is lost, so the cache must be
+    rebuilt from a list rather than carry on from the stream.
+    """
+
+    EVENT_TYPES = frozenset({"ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"})
+
+    @classmethod
+    def decode(cls, line: bytes, path: str) -> Object:
+        """The event a line holds: a JSON object with a known type and an object.
+
+        ADDED, MODIFIED and DELETED events must name their object (``metadata.name``).
+        """
+        try:
+            event: Any = json.loads(line)
+        except ValueError:
+            event, problem = None, "is not JSON"
+        else:
+            problem = "is not a JSON object"
+        if isinstance(event, dict):
+            kind, obj = event.get("type"), event.get("object")
+            meta = obj.get("metadata") if isinstance(obj, dict) else None
+            if kind not in cls.EVENT_TYPES or not isinstance(obj, dict):
+                problem = "is not a watch event (type and object)"
+            elif kind not in ("BOOKMARK", "ERROR") and not (
+                isinstance(meta, dict) and isinstance(meta.get("name"), str) and meta["name"]
+            ):
+                problem = f"is a {kind} event whose object has no metadata.name"
+            else:
+                return event
+        excerpt = line[:120].decode(errors="replace")
+        raise cls(f"WATCH {path}: a line of the stream {problem}: {excerpt!r}")
+
+
 _ERRORS: dict[int, type[ApiError]] = {
     401: Unauthorized,
     403: Forbidden,
@@ -323,7 +360,9 @@ class Kube:
         ``stall_timeout`` bounds the silence between two lines: the server sends a
         bookmark at least every minute when asked for them, so a longer silence means a
         dead connection that TCP has not noticed, and the stream is abandoned
-        (``TimeoutError``) so that the caller re-watches.
+        (``TimeoutError``) so that the caller re-watches. A line that is not a
+        well-formed event raises :class:`MalformedWatchEvent` (counted in
+        ``router_controller_watch_malformed_events_total``); only dicts are yielded.
         """
         query = {**params, "watch": "1"}
         try:
@@ -348,7 +387,10 @@ class Kube:
                         retry_after=parse_retry_after(response.headers.get("Retry-After")),
                     )
                 async for line in _lines(response.content):
-                    yield json.loads(line)
+                    yield MalformedWatchEvent.decode(line, path)
+        except MalformedWatchEvent:
+            self._metrics.watch_malformed.labels(path.rsplit("/", 1)[-1]).inc()
+            raise
         except (aiohttp.ClientError, TimeoutError):
             self._count("<error>", "GET")
             raise

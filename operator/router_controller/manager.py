@@ -26,7 +26,13 @@ from router_controller.api import KIND, MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from router_controller.controller import Controller, PrometheusQueueMetrics
 from router_controller.events import EventRecorder
 from router_controller.health import SERVICE_INDEX, Prober, slice_service
-from router_controller.informer import Informer, WatchTuning
+from router_controller.informer import (
+    ENDPOINTSLICE_PAGE_SIZE,
+    Informer,
+    WatchTuning,
+    trim_endpointslice,
+    trim_service,
+)
 from router_controller.kube import CONFIGMAPS, ENDPOINTSLICES, SERVICES, Kube, Object
 from router_controller.leader import LeaderElector
 from router_controller.metrics import Metrics
@@ -108,6 +114,7 @@ class Manager:
             namespaces=namespaces,
             handler=self._on_service,
             tuning=self.tuning,
+            transform=trim_service,
         )
         self.endpointslices = Informer(
             kube=self.kube,
@@ -116,6 +123,8 @@ class Manager:
             handler=self._on_endpointslice,
             tuning=self.tuning,
             indexers={SERVICE_INDEX: slice_service},
+            transform=trim_endpointslice,
+            page_size=ENDPOINTSLICE_PAGE_SIZE,
         )
         self.recorder = EventRecorder(kube=self.kube, identity=self.identity, now=_utcnow)
         self.prober = Prober(

@@ -140,6 +140,13 @@ class Metrics:
             ["code", "method", "host"],
             registry=r,
         )
+        self.watch_malformed = Counter(
+            "router_controller_watch_malformed_events",
+            "Watch stream lines that were not a well-formed event (each answered with a "
+            "re-list), by resource",
+            ["resource"],
+            registry=r,
+        )
         self.probe_total = Counter(
             "router_controller_probe",
             "Router /health probes per StaticRoute and result (healthy, unhealthy, stale)",
