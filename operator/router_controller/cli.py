@@ -320,6 +320,11 @@ async def _run(settings: Settings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("check", "render"):
+        from router_controller import check  # the CEL runtime loads only for these commands
+
+        return check.check_main(args[1:]) if args[0] == "check" else check.render_main(args[1:])
     try:
         settings = settings_from(argv)
     except ValidationError as err:
