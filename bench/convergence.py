@@ -14,6 +14,7 @@ import asyncio
 import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,7 @@ async def converge(
         with_router=False,
     )
     last = await watch.wait_count(CONFIGMAP_READY, count, timeout=60 + count * 0.2)
+    writes_converged = await h.writes()  # what it took to converge, Events sent later excluded
     await watch.stop()
     seconds = last - started
     return {
@@ -48,6 +50,7 @@ async def converge(
         "objects_per_second": round(count / seconds, 1),
         "load_seconds": round(load_seconds, 3),
         "cpu_seconds": cpu_seconds(pid()) - cpu_before,
+        "writes_converged": writes_converged,
     }
 
 
@@ -60,7 +63,7 @@ async def converge_operator(
     try:
         run = await converge(h, namespace, count, lambda: process.pid)
         await process.wait_idle()
-        run["writes_per_object"] = per_object(prom.delta(await h.writes(), writes_before), count)
+        _writes_per_object(run, writes_before, await h.writes(), count)
     except BaseException:
         await process.close()
         raise
@@ -97,8 +100,18 @@ async def converge_floor(h: Harness, namespace: str, count: int) -> dict[str, An
     done = out.split()
     run["cpu_seconds"] = round(float(done[2]) - cpu_at_start, 3)
     run["cpu_seconds_per_object"] = round(run["cpu_seconds"] / count, 5)
-    run["writes_per_object"] = per_object(prom.delta(await h.writes(), writes_before), count)
+    _writes_per_object(run, writes_before, await h.writes(), count)
     return run
+
+
+def _writes_per_object(
+    run: dict[str, Any], before: Counter[str], after: Counter[str], count: int
+) -> None:
+    """Writes per StaticRoute until the last one converged, and in all (Events included)."""
+    converged = prom.delta(run.pop("writes_converged"), before)
+    run["writes_per_object_converging"] = round(sum(converged.values()) / count, 3)
+    run["writes_converging"] = per_object(converged, count)
+    run["writes_per_object"] = per_object(prom.delta(after, before), count)
 
 
 async def convergence(
@@ -125,7 +138,8 @@ async def convergence(
                 h.on_first_rate = None
             h.progress(
                 f"  {who}: {run['seconds']:.2f}s, {run['objects_per_second']:.0f}/s, "
-                f"{run['cpu_seconds_per_object'] * 1000:.2f} ms CPU/object"
+                f"{run['cpu_seconds_per_object'] * 1000:.2f} ms CPU/object, "
+                f"{run['writes_per_object_converging']:.2f} writes/object until converged"
             )
     summary: dict[str, Any] = {"runs": runs}
     for who in runs:
@@ -137,6 +151,9 @@ async def convergence(
                 statistics.median(r["cpu_seconds_per_object"] for r in runs[who]), 5
             ),
             "writes_per_object": runs[who][-1]["writes_per_object"],
+            "writes_per_object_converging": max(
+                r["writes_per_object_converging"] for r in runs[who]
+            ),
         }
     summary["ratio"] = round(summary["operator"]["seconds"] / summary["floor"]["seconds"], 3)
     h.results.setdefault("convergence", {})[str(count)] = summary

@@ -1,14 +1,15 @@
 """The floor: the operator's API work for new StaticRoutes, done with no operator logic.
 
-For every StaticRoute that appears in a namespace this client makes the writes the
-operator makes for a new one, in the same order and with bodies of the same shape —
-create the ConfigMap (owner reference, label, ``dynamic_config.json``), record the
-``ConfigMapCreated`` Event, merge-patch the status subresource with the same
-conditions — with the same number of workers as the operator's reconcile
-concurrency. It keeps no cache, validates nothing, renders nothing but a fixed
-template and ignores every event but ``ADDED``. The time it takes is what the API
-server and this machine allow; the operator's convergence time is reported as a
-ratio to it.
+For every StaticRoute that appears in a namespace this client makes the least work
+that converges it, in the operator's order and with bodies of the same shape —
+create the ConfigMap (owner reference, label, ``dynamic_config.json``), then
+merge-patch the status subresource with the same conditions — with the same number
+of workers as the operator's reconcile concurrency. It records no Event: Events are
+not part of converging (the operator sends them behind the convergence writes), so
+the floor is two writes per StaticRoute. It keeps no cache, validates nothing,
+renders nothing but a fixed template and ignores every event but ``ADDED``. The
+time it takes is what the API server and this machine allow; the operator's
+convergence time is reported as a ratio to it.
 
 It runs as its own process, like the operator, so that neither competes with the
 load generator's event loop: ``python -m bench.floor --kubeconfig K --namespace NS
@@ -21,11 +22,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import secrets
 import time
 from typing import Any
 
-from router_controller.kube import CONFIGMAPS, EVENTS, Kube, Object
+from router_controller.kube import CONFIGMAPS, Kube, Object
 from router_controller.metrics import Metrics
 from router_controller.reconciler import STATICROUTES
 
@@ -67,33 +67,6 @@ def _configmap(route: Object) -> Object:
     }
 
 
-def _event(route: Object) -> Object:
-    meta = route["metadata"]
-    stamp = _now()
-    return {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"name": f"{meta['name']}.{secrets.token_hex(8)}"},
-        "involvedObject": {
-            "apiVersion": API_VERSION,
-            "kind": "StaticRoute",
-            "name": meta["name"],
-            "namespace": meta["namespace"],
-            "uid": meta["uid"],
-            "resourceVersion": meta["resourceVersion"],
-        },
-        "reason": "ConfigMapCreated",
-        "message": f"created ConfigMap {meta['name']}-config",
-        "type": "Normal",
-        "source": {"component": "router-controller"},
-        "reportingComponent": "router-controller",
-        "reportingInstance": "floor",
-        "firstTimestamp": stamp,
-        "lastTimestamp": stamp,
-        "count": 1,
-    }
-
-
 def _status(route: Object) -> Object:
     meta = route["metadata"]
     generation, stamp = meta.get("generation"), _now()
@@ -124,7 +97,6 @@ async def _handle(kube: Kube, route: Object) -> None:
     meta = route["metadata"]
     namespace = meta["namespace"]
     await kube.create(CONFIGMAPS.path(namespace), _configmap(route))
-    await kube.create(EVENTS.path(namespace), _event(route))
     await kube.merge_patch(STATICROUTES.path(namespace, meta["name"], "status"), _status(route))
 
 

@@ -1,95 +1,310 @@
-"""Kubernetes Events about StaticRoutes (``kubectl describe`` shows them).
+"""Kubernetes Events about StaticRoutes (``kubectl describe`` shows them), sent at low priority.
 
-Events are a courtesy to the user, never a reason to fail or slow a reconcile: like
-client-go's broadcaster, :meth:`EventRecorder.record` hands the Event to a background
-task and returns, so a worker is free for the next key while it is sent; a failure to
-send is logged and dropped. The reconciler records them only on transitions (a
-ConfigMap written, a condition that flipped), so a steady cluster records none.
+Events are a courtesy to the user, never a reason to fail or slow a reconcile. Like
+client-go's event broadcaster, :meth:`EventRecorder.record` only puts the Event into a
+bounded buffer and returns; sender tasks (:meth:`EventRecorder.start`) create it later.
+Two rules keep Events from competing with the writes that converge StaticRoutes:
+
+- **Low priority.** While the reconcile work queue is busy (``busy()``: keys waiting or
+  in flight), Events go out only as a small token bucket allows (:data:`BUSY_RATE` per
+  second, burst :data:`BUSY_BURST`); once it is idle they are sent at once by
+  :data:`SENDERS` concurrent senders. During a burst of new StaticRoutes a user sees
+  the ConfigMaps and statuses first, and ``kubectl describe`` shows the Events a few
+  seconds later; otherwise they appear at once.
+- **Correlation**, as client-go's ``EventCorrelator`` does: an Event identical to one
+  still waiting (same object, type, reason and message) only raises its ``count``; one
+  identical to an Event already sent is a patch of that Event's ``count`` and
+  ``lastTimestamp`` instead of a new object; and a per-object token bucket (client-go's
+  spam filter: burst 25, one more every 5 minutes) drops a flood of Events about one
+  StaticRoute. The buffer holds at most :data:`MAX_BUFFER` Events; what does not fit,
+  and what the spam filter drops, is counted in
+  ``router_controller_events_dropped_total{reason}``.
+
+On a graceful stop :meth:`drain` sends what is left (ignoring the priority rule) within
+a timeout; on a lost lease :meth:`abandon` drops it, since no write may follow.
+
+Written here rather than taken from a library: kubernetes-asyncio has no broadcaster,
+and the whole of it is a buffer and a token bucket over two API calls.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import secrets
+import time
+from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import aiohttp
 import structlog
 
 from router_controller.conditions import rfc3339
-from router_controller.kube import EVENTS, ApiError, Kube, Object
+from router_controller.kube import EVENTS, ApiError, NotFound, Object
+from router_controller.metrics import Metrics
 
 COMPONENT = "router-controller"
-MAX_PENDING = 1000  # Events in flight at once; beyond that they are dropped (and logged)
+MAX_BUFFER = 5000  # Events waiting to be sent; more are dropped (and counted)
+SENDERS = 4  # concurrent Event creates while the work queue is idle
+BUSY_RATE = 2.0  # Events per second while the work queue is busy
+BUSY_BURST = 5.0
+IDLE_RECHECK = 0.25  # seconds between looks at whether a busy work queue went idle
+SPAM_BURST = 25.0  # client-go's defaultSpamBurst
+SPAM_RATE = 1 / 300  # client-go's defaultSpamQPS: one Event per object every 5 minutes
+MAX_SERIES = 4096  # Events already sent that a repeat may still be folded into
+MAX_MESSAGE = 1024  # client-go's maxEventMessageLength is 1 KiB too
+
 log = structlog.get_logger("events")
+
+# (namespace, involved object uid, type, reason, message)
+SeriesKey = tuple[str, str, str, str, str]
+
+
+class EventApi(Protocol):
+    """The two calls the recorder makes (a :class:`~router_controller.kube.Kube`)."""
+
+    async def create(self, path: str, body: Object) -> Object: ...
+
+    async def merge_patch(self, path: str, body: Object) -> Object: ...
+
+
+class TokenBucket:
+    """``rate`` tokens a second up to ``burst``, on an injected monotonic clock."""
+
+    def __init__(self, *, rate: float, burst: float, clock: Callable[[], float]) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._clock = clock
+        self._tokens = burst
+        self._at = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+
+    def take(self) -> bool:
+        self._refill()
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def wait_time(self) -> float:
+        """Seconds until a token is there (0 if one is)."""
+        self._refill()
+        return max(0.0, (1.0 - self._tokens) / self._rate)
+
+
+@dataclass
+class _Pending:
+    involved: dict[str, Any]
+    count: int
+    first: str
+    last: str
+
+
+@dataclass
+class _Sent:
+    name: str
+    count: int
+    first: str
+
+
+@dataclass
+class _Buffer:
+    pending: OrderedDict[SeriesKey, _Pending] = field(default_factory=OrderedDict)
+    sent: OrderedDict[SeriesKey, _Sent] = field(default_factory=OrderedDict)
+    spam: OrderedDict[str, TokenBucket] = field(default_factory=OrderedDict)
 
 
 class EventRecorder:
-    """Creates core/v1 Events for objects."""
+    """Buffers core/v1 Events for objects and sends them behind the reconcile writes."""
 
     def __init__(
         self,
         *,
-        kube: Kube,
+        kube: EventApi,
         identity: str,
         now: Callable[[], datetime.datetime],
+        metrics: Metrics,
+        busy: Callable[[], bool] = lambda: False,
+        clock: Callable[[], float] = time.monotonic,
+        max_buffer: int = MAX_BUFFER,
     ) -> None:
         self._kube = kube
         self._identity = identity
         self._now = now
-        self._pending: set[asyncio.Task[None]] = set()
+        self._metrics = metrics
+        self._busy = busy
+        self._clock = clock
+        self._max_buffer = max_buffer
+        self._buffer = _Buffer()
+        self._busy_bucket = TokenBucket(rate=BUSY_RATE, burst=BUSY_BURST, clock=clock)
+        self._wake = asyncio.Event()  # something to send, or the queue may have gone idle
+        self._empty = asyncio.Event()  # nothing waiting and nothing in flight
+        self._empty.set()
+        self._draining = False
+        self._in_flight = 0
+        self._senders: list[asyncio.Task[None]] = []
+
+    @property
+    def pending(self) -> int:
+        """Events waiting to be sent."""
+        return len(self._buffer.pending)
 
     async def record(self, obj: Object, type_: str, reason: str, message: str) -> None:
+        """Queue an Event about ``obj``; returns at once (the send happens later)."""
         meta = obj["metadata"]
         namespace = meta.get("namespace", "default")
+        uid = str(meta.get("uid") or meta["name"])
+        message = message[:MAX_MESSAGE]
+        key: SeriesKey = (namespace, uid, type_, reason, message)
         stamp = rfc3339(self._now())
-        event: dict[str, Any] = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {
-                "name": f"{meta['name']}.{secrets.token_hex(8)}",
-                "namespace": namespace,
-            },
-            "involvedObject": {
-                "apiVersion": obj.get("apiVersion"),
-                "kind": obj.get("kind"),
-                "name": meta["name"],
-                "namespace": namespace,
-                "uid": meta.get("uid"),
-                "resourceVersion": meta.get("resourceVersion"),
-            },
-            "reason": reason,
-            "message": message[:1024],
-            "type": type_,
-            "source": {"component": COMPONENT},
-            "reportingComponent": COMPONENT,
-            "reportingInstance": self._identity,
-            "firstTimestamp": stamp,
-            "lastTimestamp": stamp,
-            "count": 1,
-        }
-        if len(self._pending) >= MAX_PENDING:
-            log.warning("too many events in flight, dropping one", reason=reason)
+        buffer = self._buffer
+        waiting = buffer.pending.get(key)
+        if waiting is not None:  # the same Event is still waiting: fold this one in
+            waiting.count += 1
+            waiting.last = stamp
             return
-        task = asyncio.create_task(self._send(namespace, event), name=f"event {reason}")
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        if not self._allow(namespace, uid):
+            self._dropped("spam")
+            log.debug("event dropped by the per-object spam filter", reason=reason)
+            return
+        if len(buffer.pending) >= self._max_buffer:
+            self._dropped("buffer_full")
+            log.warning("event buffer full, dropping an event", reason=reason)
+            return
+        involved = {
+            "apiVersion": obj.get("apiVersion"),
+            "kind": obj.get("kind"),
+            "name": meta["name"],
+            "namespace": namespace,
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+        }
+        buffer.pending[key] = _Pending(involved, 1, stamp, stamp)
+        self._metrics.events_pending.set(len(buffer.pending))
+        self._empty.clear()
+        self._wake.set()
 
-    async def _send(self, namespace: str, event: dict[str, Any]) -> None:
+    def _allow(self, namespace: str, uid: str) -> bool:
+        spam = self._buffer.spam
+        bucket = spam.get(uid)
+        if bucket is None:
+            bucket = spam[uid] = TokenBucket(rate=SPAM_RATE, burst=SPAM_BURST, clock=self._clock)
+            if len(spam) > MAX_SERIES:
+                spam.popitem(last=False)
+        else:
+            spam.move_to_end(uid)
+        return bucket.take()
+
+    def _dropped(self, reason: str) -> None:
+        self._metrics.events_dropped.labels(reason).inc()
+
+    # -- sending -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Run the senders until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            self._senders = [
+                group.create_task(self._sender(), name=f"event sender {n}") for n in range(SENDERS)
+            ]
+
+    async def _sender(self) -> None:
+        while True:
+            delay = self._next_delay()
+            if delay is not None:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay if delay > 0 else None):
+                        await self._wake.wait()
+                continue
+            await self._send_next()
+
+    async def _send_next(self) -> None:
+        key, item = self._buffer.pending.popitem(last=False)
+        self._metrics.events_pending.set(len(self._buffer.pending))
+        self._in_flight += 1
         try:
-            await self._kube.create(EVENTS.path(namespace), event)
+            await self._send(key, item)
+        finally:
+            self._in_flight -= 1
+            if not self._buffer.pending and not self._in_flight:
+                self._empty.set()
+
+    def _next_delay(self) -> float | None:
+        """None: send one now; 0: wait for a record(); > 0: wait that long, then look again."""
+        if not self._buffer.pending:
+            return 0.0
+        if self._draining or not self._busy() or self._busy_bucket.take():
+            return None
+        return min(IDLE_RECHECK, max(self._busy_bucket.wait_time(), 0.01))
+
+    async def _send(self, key: SeriesKey, item: _Pending) -> None:
+        namespace, _, type_, reason, message = key
+        sent = self._buffer.sent.get(key)
+        try:
+            if sent is not None:
+                try:
+                    count = sent.count + item.count
+                    await self._kube.merge_patch(
+                        EVENTS.path(namespace, sent.name),
+                        {"count": count, "lastTimestamp": item.last},
+                    )
+                    sent.count = count
+                    self._buffer.sent.move_to_end(key)
+                    return
+                except NotFound:  # expired (Events live an hour): start a new one
+                    del self._buffer.sent[key]
+            name = f"{item.involved['name']}.{secrets.token_hex(8)}"
+            await self._kube.create(
+                EVENTS.path(namespace),
+                {
+                    "apiVersion": "v1",
+                    "kind": "Event",
+                    "metadata": {"name": name, "namespace": namespace},
+                    "involvedObject": item.involved,
+                    "reason": reason,
+                    "message": message,
+                    "type": type_,
+                    "source": {"component": COMPONENT},
+                    "reportingComponent": COMPONENT,
+                    "reportingInstance": self._identity,
+                    "firstTimestamp": item.first,
+                    "lastTimestamp": item.last,
+                    "count": item.count,
+                },
+            )
+            self._buffer.sent[key] = _Sent(name, item.count, item.first)
+            if len(self._buffer.sent) > MAX_SERIES:
+                self._buffer.sent.popitem(last=False)
         except (ApiError, aiohttp.ClientError, TimeoutError) as err:
-            log.warning("could not record event", reason=event["reason"], error=str(err))
+            self._dropped("send_failed")
+            log.warning("could not record event", reason=reason, error=str(err))
 
     async def drain(self, timeout: float) -> None:
-        """Let the Events in flight be sent (graceful stop), cancelling what is left."""
-        if self._pending:
-            await asyncio.wait(set(self._pending), timeout=timeout)
+        """Send what is waiting, busy or not (graceful stop); drop what is left at ``timeout``."""
+        self._draining = True
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                if not any(not task.done() for task in self._senders):  # none running
+                    while self._buffer.pending:
+                        await self._send_next()
+                await self._empty.wait()
         self.abandon()
 
     def abandon(self) -> None:
-        """Cancel every Event in flight (the lease is lost: no more writes)."""
-        for task in list(self._pending):
+        """Drop every Event not sent yet and stop the senders (the lease is lost: no writes)."""
+        left = len(self._buffer.pending)
+        if left:
+            self._metrics.events_dropped.labels("shutdown").inc(left)
+            self._buffer.pending.clear()
+            self._metrics.events_pending.set(0)
+        self._empty.set()
+        for task in self._senders:
             task.cancel()

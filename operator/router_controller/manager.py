@@ -126,7 +126,13 @@ class Manager:
             transform=trim_endpointslice,
             page_size=ENDPOINTSLICE_PAGE_SIZE,
         )
-        self.recorder = EventRecorder(kube=self.kube, identity=self.identity, now=_utcnow)
+        self.recorder = EventRecorder(
+            kube=self.kube,
+            identity=self.identity,
+            now=_utcnow,
+            metrics=self.metrics,
+            busy=self._busy,
+        )
         self.prober = Prober(
             services=self.services,
             endpointslices=self.endpointslices,
@@ -203,6 +209,10 @@ class Manager:
         for key in self.prober.routes_for(obj, endpointslice=True):
             self.queue.add(key)
 
+    def _busy(self) -> bool:
+        """Reconcile work is waiting or in flight: Events wait behind it."""
+        return self.queue.depth > 0 or self.queue.longest_running_processor_seconds() > 0
+
     def _ready(self) -> bool:
         if self.elector is not None and not self.elector.elected.is_set():
             return self.running.is_set()  # a standby is ready when it is running
@@ -275,6 +285,8 @@ class Manager:
             )
             workers = group.create_task(self.controller.start(), name="workers")
             probes = group.create_task(self.prober.start(), name="probes")
+            # Not cancelled with the watches on a graceful stop: drain() sends what is left.
+            group.create_task(self.recorder.start(), name="events")
             await asyncio.wait({stopping, lost}, return_when=asyncio.FIRST_COMPLETED)
             if lost.done():
                 return self._abandon(stopping, *watches, workers, probes)

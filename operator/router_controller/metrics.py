@@ -147,6 +147,18 @@ class Metrics:
             ["resource"],
             registry=r,
         )
+        self.events_pending = Gauge(
+            "router_controller_events_pending",
+            "Events waiting to be sent (they go out behind the reconcile writes)",
+            registry=r,
+        )
+        self.events_dropped = Counter(
+            "router_controller_events_dropped",
+            "Events not sent, by reason: buffer_full, spam (per-object filter), "
+            "send_failed, shutdown",
+            ["reason"],
+            registry=r,
+        )
         self.probe_total = Counter(
             "router_controller_probe",
             "Router /health probes per StaticRoute and result (healthy, unhealthy, stale)",
