@@ -115,6 +115,15 @@ async def reasons(kube: Kube, namespace: str, name: str) -> list[tuple[str, str,
     return [(e["type"], e["reason"], e["message"]) for e in events]
 
 
+async def occurrences(kube: Kube, namespace: str, name: str, type_: str, reason: str) -> int:
+    """How often an Event was recorded: repeats may be one Event with a ``count``."""
+    return sum(
+        int(e.get("count") or 1)
+        for e in await events_for(kube, namespace, name)
+        if (e["type"], e["reason"]) == (type_, reason)
+    )
+
+
 async def wait_cm(kube: Kube, namespace: str, name: str) -> Object:
     cm: Object = await wait_for(lambda: try_get_cm(kube, namespace, name), what=f"ConfigMap {name}")
     return cm
@@ -284,12 +293,10 @@ async def test_a_failing_router_turns_unhealthy_after_failure_threshold_and_reco
     assert probes(operator, namespace, "r", "healthy") - healthy_before >= 2
 
     async def healthy_twice() -> bool:
-        kinds = [(e[0], e[1]) for e in await reasons(kube, namespace, "r")]
-        return kinds.count(("Normal", "RouterHealthy")) == 2
+        return await occurrences(kube, namespace, "r", "Normal", "RouterHealthy") == 2
 
     await wait_for(healthy_twice, what="RouterHealthy events: healthy at first, then again")
-    kinds = [(e[0], e[1]) for e in await reasons(kube, namespace, "r")]
-    assert kinds.count(("Warning", "RouterUnhealthy")) == 1
+    assert await occurrences(kube, namespace, "r", "Warning", "RouterUnhealthy") == 1
 
 
 async def test_one_stale_replica_of_three_is_named(
