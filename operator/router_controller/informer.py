@@ -377,6 +377,47 @@ def _slim(obj: Object) -> None:
     meta.pop("managedFields", None)
 
 
+# -- compacting: the kinds the operator owns, kept whole but smaller ------------------
+
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+# Fields whose values repeat across objects (condition types, reasons, kinds, ...).
+_SHARED_VALUES = frozenset(
+    {"apiVersion", "kind", "namespace", "type", "status", "reason", "routingLogic",
+     "serviceDiscovery", "app.kubernetes.io/managed-by"}
+)  # fmt: skip
+
+
+def compact(obj: Object) -> Object:
+    """The same object with its memory shared where objects repeat each other.
+
+    For StaticRoutes and our ConfigMaps, which are cached whole: every key, and the
+    values of the fields in ``_SHARED_VALUES``, are interned (a decoded JSON object has
+    its own copy of every key string, about a third of a small object's size), and
+    ``kubectl apply``'s last-applied annotation, a second copy of the whole spec that
+    nothing here reads, is dropped.
+    """
+    meta = obj.get("metadata")
+    if isinstance(meta, dict):
+        annotations = meta.get("annotations")
+        if isinstance(annotations, dict) and LAST_APPLIED in annotations:
+            annotations = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
+            meta["annotations"] = annotations
+            if not annotations:
+                del meta["annotations"]
+    compacted: Object = _compact(obj)
+    return compacted
+
+
+def _compact(value: Any, shared: bool = False) -> Any:
+    if isinstance(value, dict):
+        return {sys.intern(k): _compact(v, k in _SHARED_VALUES) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_compact(v, shared) for v in value]
+    if shared and isinstance(value, str):
+        return sys.intern(value)
+    return value
+
+
 # -- trimming: what the operator reads of the kinds it does not own --------------------
 
 _KEPT_METADATA = (

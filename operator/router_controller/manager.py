@@ -30,6 +30,7 @@ from router_controller.informer import (
     ENDPOINTSLICE_PAGE_SIZE,
     Informer,
     WatchTuning,
+    compact,
     trim_endpointslice,
     trim_service,
 )
@@ -98,6 +99,7 @@ class Manager:
             handler=self._on_route,
             tuning=self.tuning,
             indexers={CONFIGMAP_INDEX: wanted_configmap},
+            transform=compact,
         )
         self.configmaps = Informer(
             kube=self.kube,
@@ -107,6 +109,7 @@ class Manager:
             tuning=self.tuning,
             label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}",
             indexers={OWNER_INDEX: owner_uids},
+            transform=compact,
         )
         self.services = Informer(
             kube=self.kube,
