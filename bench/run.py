@@ -38,7 +38,7 @@ from typing import Any
 
 from bench import procstat, report
 from bench.harness import FULL, QUICK, Sizes
-from bench.scenarios import Bench
+from bench.scenarios import SCENARIOS, Bench
 from router_controller import envtest
 from router_controller.kube import Kube
 from router_controller.metrics import Metrics
@@ -85,7 +85,11 @@ class Progress:
 
 
 async def measure(
-    plane: envtest.ControlPlane, sizes: Sizes, workdir: Path, results: dict[str, Any]
+    plane: envtest.ControlPlane,
+    sizes: Sizes,
+    workdir: Path,
+    results: dict[str, Any],
+    only: frozenset[str] | None = None,
 ) -> None:
     """Run every scenario, filling ``results`` as figures come in."""
     kube = await Kube.connect(
@@ -109,7 +113,7 @@ async def measure(
         on_first_rate=first_rate,
     )
     try:
-        await bench.run_all()
+        await bench.run_all(only)
     finally:
         await kube.close()
 
@@ -124,10 +128,27 @@ def write(results: dict[str, Any]) -> Path:
     return latest
 
 
+def _scenarios(text: str) -> frozenset[str]:
+    names = frozenset(n.strip() for n in text.split(",") if n.strip())
+    unknown = sorted(names - set(SCENARIOS))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown scenario {', '.join(unknown) or text!r}; choose from {', '.join(SCENARIOS)}"
+        )
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--quick", action="store_true", help="small sizes (100 / 300), a few minutes"
+    )
+    parser.add_argument(
+        "--only",
+        type=_scenarios,
+        default=None,
+        metavar="NAME,...",
+        help=f"run only these scenarios (of: {', '.join(SCENARIOS)})",
     )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
@@ -142,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             "platform": platform.platform(),
         },
         "sizes": dataclasses.asdict(sizes),
+        "only": sorted(args.only) if args.only else None,
     }
     cores = results["machine"]["cores"]
     print(
@@ -158,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         results["machine"]["control_plane"] = envtest.versions(binaries)
         with envtest.running() as plane:
             install_crds(plane)
-            asyncio.run(measure(plane, sizes, workdir, results))
+            asyncio.run(measure(plane, sizes, workdir, results, args.only))
         ok = True
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -248,22 +248,48 @@ class Bench(Harness):
 
     # -- all of it -----------------------------------------------------------------------
 
-    async def run_all(self) -> None:
+    async def run_all(self, only: frozenset[str] | None = None) -> None:
+        """Every scenario in order, or those named in ``only`` (see :data:`SCENARIOS`).
+
+        Run alone, a scenario makes the StaticRoutes it needs itself (``update`` and
+        ``memory`` otherwise reuse what ``convergence`` left; ``restart`` needs it).
+        """
         s = self.sizes
+
+        def wanted(name: str) -> bool:
+            return only is None or name in only
+
         self.progress("warm-up: the API server's first StaticRoutes, not measured")
         async with self.operator("warm-up"):
             await self.populate("warm-up", min(s.small, 200), condition=CONFIGMAP_READY)
-        await convergence.convergence(self, s.small, s.repeats)
-        large = await convergence.convergence(self, s.large, 1, keep=True)
-        assert large is not None
-        await self.restart(large, s.large)
-        small_ns = f"conv-operator-{s.small}-r1"
-        await self.update_latency(small_ns, s.small)
-        extra = s.largest - s.small - s.large
-        if extra > 0:
-            self.progress(f"memory: {extra} more StaticRoutes for the largest cache")
-            async with self.operator("memory-extra"):
-                await self.populate("memory-extra", extra, condition=CONFIGMAP_READY)
-        await self.memory_fresh(s.largest, small_ns, f"conv-operator-{s.large}-r1", "memory-extra")
-        baseline = await self.steady_state(s.small)
-        await self.probing_under_failure(s.small, baseline)
+        small_ns, large_ns = f"conv-operator-{s.small}-r1", f"conv-operator-{s.large}-r1"
+        if wanted("convergence") or wanted("restart"):
+            await convergence.convergence(self, s.small, s.repeats)
+            large = await convergence.convergence(self, s.large, 1, keep=wanted("restart"))
+            if large is not None:
+                await self.restart(large, s.large)
+        elif wanted("update") or wanted("memory"):
+            async with self.operator(small_ns, large_ns):
+                await self.populate(small_ns, s.small, condition=CONFIGMAP_READY)
+                await self.populate(large_ns, s.large, condition=CONFIGMAP_READY)
+        if wanted("update"):
+            await self.update_latency(small_ns, s.small)
+        if wanted("memory"):
+            extra = s.largest - s.small - s.large
+            if extra > 0:
+                self.progress(f"memory: {extra} more StaticRoutes for the largest cache")
+                async with self.operator("memory-extra"):
+                    await self.populate("memory-extra", extra, condition=CONFIGMAP_READY)
+            if not wanted("update"):  # the 1,000 figure otherwise comes from update_latency
+                await self.memory_fresh(s.small, small_ns)
+            if not wanted("restart"):  # the 5,000 figure otherwise comes from the restart
+                await self.memory_fresh(s.large, large_ns)
+            await self.memory_fresh(s.largest, small_ns, large_ns, "memory-extra")
+        if wanted("steady") or wanted("probing"):
+            baseline = await self.steady_state(s.small)
+            if wanted("probing"):
+                await self.probing_under_failure(s.small, baseline)
+
+
+# What ``make bench ARGS="--only NAME,..."`` can select.
+SCENARIOS = ("convergence", "restart", "update", "memory", "steady", "probing")
