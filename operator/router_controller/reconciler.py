@@ -166,7 +166,7 @@ class StaticRouteReconciler:
         generation = meta.get("generation")
         try:
             spec = StaticRouteSpec.model_validate(route.get("spec") or {})
-            rendered = render(spec)
+            rendered = render(spec, namespace=meta["namespace"])
         except pydantic.ValidationError as err:
             return await self._invalid(route, _pydantic_message(err), generation)
         except InvalidSpecError as err:

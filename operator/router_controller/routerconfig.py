@@ -7,6 +7,124 @@ invalid routing logic is half applied. None of that is visible to the user who
 wrote the StaticRoute. So every rule the router applies is checked here, before a
 byte is written, and reported as one message that says what to change.
 
+Start-up and reload are two different code paths in the router, and a file must work
+on both. At start-up (``parsers/parser.py``) the file's keys become argparse defaults,
+so command-line flags and their defaults fill what the file leaves out
+(``k8s_namespace`` = ``default``, ``k8s_port`` = 8000), ``validate_args`` checks
+them and ``app.initialize_all`` builds everything with every flag. The config watcher
+thread (``dynamic_config.py``) is started inside ``initialize_all`` and loads the
+file at once, then every 10 s: ``DynamicRouterConfig.from_json`` (the file alone)
+compared with the running config, and on a difference ``reconfigure_all``: service
+discovery first, then ``reconfigure_routing_logic(routing_logic,
+session_key=session_key)`` and nothing else. The start-up config lacks
+``static_model_labels`` and the prefill/decode labels (``from_args`` does not copy
+them) and carries the command-line defaults, so that first load nearly always
+reconfigures: the reload path is in force from the first second. A load that raises
+is logged (``DynamicConfigWatcher: Error loading config file: ...``) and leaves
+``/health`` on the previous config; when it raises after the service discovery was
+swapped, the router runs the new backends under the old config.
+
+What the router does with each key and routing logic, from its source and confirmed by
+running it on files (``make router-conformance``), one row per entry: start-up, then
+reload (every change, and once right after start), then what the operator does.
+
+the file as a whole
+    start-up: its keys become flag defaults; flags given on the command line win.
+    reload:   bad JSON, an unknown key, a missing ``service_discovery`` or
+              ``routing_logic``: refused, the old config kept.
+    operator: writes only the router's keys, always both required ones.
+``service_discovery``
+    start-up: ``static`` or ``k8s``.  reload: same; a switch between them works.
+    operator: CRD enum; always written.
+``routing_logic``, an invalid value
+    start-up: ``initialize_routing_logic`` raises: crash.
+    reload:   the discovery is swapped, then it raises: half applied, ``/health``
+              shows the old config.
+    operator: CRD enum; never written.
+``roundrobin``, ``prefixaware``
+    start-up: work.  reload: work (``--prefix-min-match-length`` is reset to 0).
+    operator: written.
+``session``
+    start-up: ``validate_args`` exits without ``session_key``.
+    reload:   ``SessionRouter(None)`` raises after the discovery swap: half applied.
+    operator: requires a non-blank ``sessionKey``.
+``kvaware``
+    start-up: needs lmcache; without it ``NameError: controller_manager`` kills the
+              main thread and the process stays up with no HTTP server.
+    reload:   rebuilt with ``session_key`` only (no LMCache controller port, no
+              threshold): raises after the discovery swap, half applied.
+    operator: refused; a kvaware router runs from its command-line flags, without
+              ``--dynamic-config-json``.
+``disaggregated_prefill``
+    start-up: works only with the labels of the file it started with: the prefill
+              and decode clients are made once, by the lifespan hook.
+    reload:   ``DisaggregatedPrefillRouter(None, None)`` and the clients are never
+              rebuilt: switching to it gives 500 (``'State' object has no attribute
+              'prefill_client'``), changed backends keep getting the old ones.
+    operator: refused; such a router runs from command-line flags (labels included).
+``disaggregated_prefill_orchestrated``
+    start-up: the first load rebuilds it with empty labels.
+    reload:   same: every request 503 ``PREFILL_SERVICE_UNAVAILABLE``.
+    operator: refused, as disaggregated_prefill.
+``static_backends``
+    start-up: split on "," untrimmed; an item failing ``validate_url`` is dropped with
+              a warning; a count other than the models': crash.
+    reload:   same; a count mismatch is refused, the old config kept.
+    operator: trimmed; each item matches the router's URL rule; no empty item; one
+              per model.
+``static_models``
+    start-up and reload: split on "," untrimmed (" m2" is another model, "" is
+              accepted).
+    operator: trimmed; no empty item; one per backend.
+``static_aliases``
+    start-up: ``alias:model`` pairs, another shape raises (crash); an alias of a model
+              not in ``static_models`` answers 404.
+    reload:   same; the k8s discovery has no aliases: an alias gets 404.
+    operator: trimmed ``alias:model``; the model must be in ``staticModels``; refused
+              with k8s discovery.
+``static_model_labels``
+    start-up and reload: label *i* belongs to model *i*; with fewer labels than
+              models every request fails (``IndexError``, 500), then ``/health`` 503.
+    operator: one label per model.
+``static_model_types``
+    start-up and reload: used only by the backend health checks.
+    operator: known types, one per model.
+``static_backend_health_checks``
+    start-up: ``validate_args`` exits without types.
+    reload:   without types the check loop fails on every turn and never excludes a
+              backend; the k8s discovery ignores the key.
+    operator: requires ``staticModelTypes``; refused with k8s discovery.
+``static_backend_health_check_interval``,
+``static_backend_health_check_timeout_seconds``
+    start-up and reload: used as given.
+    operator: at least 1 (an interval of 0 makes the check loop spin).
+``prefill_model_labels``, ``decode_model_labels``
+    start-up and reload: used only by the disaggregated routing logics.
+    operator: written as given (no effect with the routing logics a file can carry).
+``k8s_port``
+    start-up: flag default 8000.  reload: ``None`` makes backend URLs
+              ``http://IP:None``.
+    operator: required with k8s discovery.
+``k8s_namespace``
+    start-up: flag default ``default``.
+    reload:   ``None``: the pod watch fails ("Missing the required parameter
+              `namespace`") every 0.5 s while ``/health`` stays healthy, no backends.
+    operator: the StaticRoute's own namespace when unset.
+``k8s_label_selector``
+    start-up: flag default "".  reload: ``None``; both select every pod.
+    operator: written as given.
+the k8s discovery type (no key)
+    start-up: ``--k8s-service-discovery-type``.
+    reload:   always pod-ip; ``--k8s-watcher-timeout-seconds`` and
+              ``--backend-health-check-timeout-seconds`` back to their defaults.
+    operator: nothing a file can carry (documented in the README).
+``session_key``
+    start-up and reload: used by ``session``.  operator: trimmed, written.
+``callbacks``
+    start-up and reload: imports a module; a wrong one leaves the process up without
+              an HTTP server.
+    operator: not exposed in the API.
+
 Rendering is deterministic (sorted keys, fixed separators, trimmed items) so an
 unchanged spec always yields the same bytes and the reconciler can skip the write.
 """
@@ -18,7 +136,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from router_controller.api import MODEL_TYPES, StaticRouteSpec
+from router_controller.api import MODEL_TYPES, StaticRouteSpec, config_map_name
 
 # The router's own URL check (vllm_router.utils.validate_url), applied to each item
 # of static_backends after splitting on "," with no trimming.
@@ -59,9 +177,35 @@ ROUTER_DEFAULTS: dict[str, Any] = {
     "static_backend_health_check_timeout_seconds": 10,
 }
 
+# Routing logics a dynamic config file cannot carry, and what to do instead (see the
+# table above). The CRD refuses them with the same advice.
+UNSUPPORTED_ROUTING_LOGIC: dict[str, str] = {
+    "kvaware": (
+        "spec.routingLogic kvaware cannot be applied from a dynamic config file: the router "
+        "rebuilds its routing logic on every reload without the LMCache controller settings "
+        "kvaware needs, and half applies the file; run a kvaware router with "
+        "--routing-logic kvaware and its --lmcache-* flags, without --dynamic-config-json, "
+        "and leave it out of StaticRoutes"
+    ),
+    "disaggregated_prefill": (
+        "spec.routingLogic disaggregated_prefill cannot be applied from a dynamic config file: "
+        "the router makes its prefill and decode clients only at start-up and every reload "
+        "rebuilds the routing logic without the prefill and decode labels, so requests fail "
+        "(500) or go to the previous backends; run such a router with --routing-logic, "
+        "--static-model-labels, --prefill-model-labels and --decode-model-labels flags, "
+        "without --dynamic-config-json"
+    ),
+    "disaggregated_prefill_orchestrated": (
+        "spec.routingLogic disaggregated_prefill_orchestrated cannot be applied from a dynamic "
+        "config file: the router's first reload, right after start-up, rebuilds it without "
+        "the prefill and decode labels and every request then fails with 503; run such a "
+        "router with --routing-logic, --static-model-labels, --prefill-model-labels and "
+        "--decode-model-labels flags, without --dynamic-config-json"
+    ),
+}
+
 # Spec fields copied through unchanged (after trimming strings) when set.
 _PASSTHROUGH = (
-    "static_model_labels",
     "static_backend_health_checks",
     "static_backend_health_check_interval",
     "static_backend_health_check_timeout_seconds",
@@ -118,13 +262,46 @@ def _check_backends(backends: list[str], problems: list[str]) -> None:
         problems.append(f"spec.staticBackends: {url!r} is not a URL the router accepts: {hint}")
 
 
-def render(spec: StaticRouteSpec) -> RenderedConfig:
-    """Build the router's config from ``spec``, or raise :class:`InvalidSpecError`."""
+def _aliases(spec: StaticRouteSpec, models: list[str], problems: list[str]) -> str | None:
+    """The trimmed ``alias:model`` pairs, each pointing at one of ``models``."""
+    if spec.static_aliases is None:
+        return None
+    if spec.service_discovery == "k8s":
+        problems.append(
+            "spec.staticAliases has no effect with serviceDiscovery k8s (the router's "
+            "Kubernetes discovery has no aliases, so requests for an alias get 404): "
+            "remove it, or use serviceDiscovery static"
+        )
+    cleaned = []
+    for pair in _items(spec.static_aliases, "staticAliases", problems):
+        parts = [part.strip() for part in pair.split(":")]
+        if len(parts) != 2 or not all(parts):
+            problems.append(
+                f'spec.staticAliases: {pair!r} is not alias:model; write "alias:model,alias:model"'
+            )
+            continue
+        if models and parts[1] not in models:
+            problems.append(
+                f"spec.staticAliases: {pair!r} points at {parts[1]!r}, which is not in "
+                "spec.staticModels, so the router answers 404 for it; name one of the models"
+            )
+        cleaned.append(":".join(parts))
+    return ",".join(cleaned)
+
+
+def render(spec: StaticRouteSpec, *, namespace: str | None = None) -> RenderedConfig:
+    """Build the router's config from ``spec``, or raise :class:`InvalidSpecError`.
+
+    ``namespace`` is the StaticRoute's: with k8s discovery and no ``k8sNamespace`` the
+    file names it, because the router's reload would otherwise watch ``namespace=None``.
+    """
     problems: list[str] = []
     content: dict[str, Any] = {
         "service_discovery": spec.service_discovery,
         "routing_logic": spec.routing_logic,
     }
+    if spec.routing_logic in UNSUPPORTED_ROUTING_LOGIC:
+        problems.append(UNSUPPORTED_ROUTING_LOGIC[spec.routing_logic])
 
     backends: list[str] = []
     models: list[str] = []
@@ -152,19 +329,19 @@ def render(spec: StaticRouteSpec) -> RenderedConfig:
     if spec.routing_logic == "session" and not (spec.session_key and spec.session_key.strip()):
         problems.append("spec.sessionKey is required when routingLogic is session")
 
-    if spec.static_aliases is not None:
-        pairs = _items(spec.static_aliases, "staticAliases", problems)
-        cleaned = []
-        for pair in pairs:
-            parts = [part.strip() for part in pair.split(":")]
-            if len(parts) != 2 or not all(parts):
-                problems.append(
-                    f"spec.staticAliases: {pair!r} is not alias:model; "
-                    'write "alias:model,alias:model"'
-                )
-            else:
-                cleaned.append(":".join(parts))
-        content["static_aliases"] = ",".join(cleaned)
+    aliases = _aliases(spec, models, problems)
+    if aliases is not None:
+        content["static_aliases"] = aliases
+
+    if spec.static_model_labels is not None:
+        labels = [label.strip() for label in spec.static_model_labels.split(",")]
+        content["static_model_labels"] = ",".join(labels)
+        if models and len(labels) != len(models):
+            problems.append(
+                f"spec.staticModelLabels has {len(labels)} labels but spec.staticModels has "
+                f"{len(models)} models; give one label per model (with fewer, the router "
+                "fails every request)"
+            )
 
     if spec.static_model_types is not None:
         types = _items(spec.static_model_types, "staticModelTypes", problems)
@@ -185,12 +362,25 @@ def render(spec: StaticRouteSpec) -> RenderedConfig:
             "spec.staticModelTypes is required when staticBackendHealthChecks is true "
             f"(one of {', '.join(MODEL_TYPES)} per model)"
         )
+    if spec.static_backend_health_checks and spec.service_discovery == "k8s":
+        problems.append(
+            "spec.staticBackendHealthChecks has no effect with serviceDiscovery k8s (the "
+            "router's Kubernetes discovery ignores it): remove it, or use serviceDiscovery static"
+        )
 
     for field in _PASSTHROUGH:
         value = getattr(spec, field)
         if value is None:
             continue
         content[field] = value.strip() if isinstance(value, str) else value
+    if spec.service_discovery == "k8s" and not content.get("k8s_namespace"):
+        if namespace is None:
+            problems.append(
+                "spec.k8sNamespace is required when serviceDiscovery is k8s and the "
+                "StaticRoute's namespace is not known"
+            )
+        else:
+            content["k8s_namespace"] = namespace
 
     if problems:
         raise InvalidSpecError("; ".join(problems))
@@ -221,3 +411,36 @@ def config_mismatches(expected: dict[str, Any], running: Any) -> list[str]:
             continue
         different.append(key)
     return sorted(different)
+
+
+# A ConfigMap's name is a DNS subdomain (Kubernetes' IsDNS1123Subdomain): at most 253
+# characters of lower-case alphanumerics, "-" and ".", alphanumeric at each end of a label.
+CONFIG_MAP_NAME_MAX = 253
+CONFIG_MAP_NAME_RE = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
+
+
+def check_config_map_name(route_name: str, spec: StaticRouteSpec) -> None:
+    """Refuse a ConfigMap name the API server would refuse, before any write.
+
+    The CRD refuses both at admission (a root CEL rule for the default
+    ``<name>-config``, a pattern on ``configMapName``); this catches objects that got
+    past an older CRD, so the user reads what to change instead of an API error.
+    """
+    if spec.config_map_name is None:
+        name = config_map_name(route_name, spec)
+        if len(name) > CONFIG_MAP_NAME_MAX:
+            raise InvalidSpecError(
+                f"the default ConfigMap name {route_name[:20]}...-config would be {len(name)} "
+                f"characters, more than the {CONFIG_MAP_NAME_MAX} Kubernetes allows: "
+                "set spec.configMapName"
+            )
+        return
+    name = spec.config_map_name
+    if len(name) > CONFIG_MAP_NAME_MAX or not CONFIG_MAP_NAME_RE.match(name):
+        raise InvalidSpecError(
+            f"spec.configMapName {name[:64]!r} is not a valid ConfigMap name: use at most "
+            f"{CONFIG_MAP_NAME_MAX} lower-case letters, digits, '-' and '.', starting and "
+            "ending with a letter or digit"
+        )

@@ -299,6 +299,47 @@ INVALID = [
         _spec(callbacks="my.module.Callbacks"),
         ('unknown field "spec.callbacks"',),
     ),
+    # What the router cannot serve from a dynamic config file (routerconfig.py's table).
+    Invalid(
+        "kvaware",
+        _spec(routingLogic="kvaware"),
+        ("spec.routingLogic", "kvaware cannot be applied", "without --dynamic-config-json"),
+    ),
+    Invalid(
+        "disaggregated_prefill",
+        _spec(
+            routingLogic="disaggregated_prefill",
+            staticModelLabels="p,d",
+            prefillModelLabels="p",
+            decodeModelLabels="d",
+        ),
+        ("spec.routingLogic", "disaggregated_prefill and", "--prefill-model-labels"),
+    ),
+    Invalid(
+        "disaggregated_prefill_orchestrated",
+        _spec(routingLogic="disaggregated_prefill_orchestrated"),
+        ("spec.routingLogic", "cannot be applied from a dynamic config file"),
+    ),
+    Invalid(
+        "model-labels-fewer-than-models",
+        _spec(staticModelLabels="only-one"),
+        ("spec.staticModelLabels", "one label per model"),
+    ),
+    Invalid(
+        "k8s-with-staticAliases",
+        {"serviceDiscovery": "k8s", "k8sPort": 8000, "staticAliases": "fast:m"},
+        ("spec.serviceDiscovery", "ignores staticAliases and staticBackendHealthChecks"),
+    ),
+    Invalid(
+        "k8s-with-staticBackendHealthChecks",
+        {
+            "serviceDiscovery": "k8s",
+            "k8sPort": 8000,
+            "staticBackendHealthChecks": True,
+            "staticModelTypes": "chat",
+        },
+        ("spec.serviceDiscovery", "remove them, or use serviceDiscovery static"),
+    ),
     Invalid(
         "timeoutSeconds-above-maximum",
         _spec(healthCheck={"timeoutSeconds": 3600, "periodSeconds": 7200}),
@@ -371,6 +412,13 @@ VALID: dict[str, Object] = {
         staticBackends=",".join(f"http://b{i:03}.example.com:8000" for i in range(_MANY)),
         staticModels=",".join(f"org/model-{i:03}" for i in range(_MANY)),
     ),
+    "k8s-with-namespace": {"serviceDiscovery": "k8s", "k8sPort": 8000, "k8sNamespace": "models"},
+    "model-labels": _spec(staticModelLabels=" small , large "),
+    "many-aliases": _spec(
+        staticBackends=",".join(f"http://b{i:03}.example.com:8000" for i in range(_MANY)),
+        staticModels=",".join(f"org/model-{i:03}" for i in range(_MANY)),
+        staticAliases=",".join(f"a{i:03}:org/model-{i:03}" for i in range(_MANY)),
+    ),
 }
 
 
@@ -381,7 +429,7 @@ def test_valid_staticroute_is_accepted(
     control_plane.kubectl("create", "-n", namespace, "-f", "-", input=_route(name, VALID[name]))
     stored = _get(control_plane, namespace, name)["spec"]
     # The operator parses what the API server stored and renders it for the router.
-    routerconfig.render(api.StaticRouteSpec.model_validate(stored))
+    routerconfig.render(api.StaticRouteSpec.model_validate(stored), namespace=namespace)
 
 
 def test_many_backends_stay_within_the_size_limit() -> None:

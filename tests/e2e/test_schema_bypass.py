@@ -79,6 +79,16 @@ async def loose_operator(loose_plane: envtest.ControlPlane) -> AsyncIterator[Man
         ("logic", {"routingLogic": "fastest"}, "spec.routingLogic: Input should be"),
         ("unknown", {"callbacks": "evil.module"}, "spec.callbacks: Extra inputs are not permitted"),
         ("session", {"routingLogic": "session"}, "spec.sessionKey is required"),
+        # What the router cannot serve from a file, though it would report it in /health.
+        ("kvaware", {"routingLogic": "kvaware"}, "kvaware cannot be applied from a dynamic"),
+        ("disagg", {"routingLogic": "disaggregated_prefill", "staticModelLabels": "p,d",
+                    "prefillModelLabels": "p", "decodeModelLabels": "d"},
+         "disaggregated_prefill cannot be applied from a dynamic"),
+        ("labels", {"staticModelLabels": "only-one"}, "give one label per model"),
+        ("alias", {"staticAliases": "fast:model-a,big:model-z"},
+         "'big:model-z' points at 'model-z', which is not in spec.staticModels"),
+        ("k8salias", {"serviceDiscovery": "k8s", "k8sPort": 8000, "staticAliases": "a:model-a"},
+         "spec.staticAliases has no effect with serviceDiscovery k8s"),
     ],
 )  # fmt: skip
 async def test_invalid_spec_keeps_last_good_configmap(
@@ -100,3 +110,21 @@ async def test_invalid_spec_keeps_last_good_configmap(
     event = await wait_event(loose_kube, "loose", name, "InvalidSpec")
     assert event["type"] == "Warning"
     assert fragment in event["message"]
+
+
+async def test_k8s_discovery_is_written_with_the_staticroutes_namespace(
+    loose_kube: Kube, loose_operator: Manager
+) -> None:
+    """The companion value: without it the router's reload watches namespace=None."""
+    route = staticroute(
+        "k8s", "loose", serviceDiscovery="k8s", k8sPort=8000, staticBackends=None, staticModels=None
+    )
+    await create_route(loose_kube, route)
+    await wait_condition(loose_kube, "loose", "k8s", "Ready", "True")
+    cm = await get_cm(loose_kube, "loose", "k8s-config")
+    assert json.loads(cm["data"]["dynamic_config.json"]) == {
+        "k8s_namespace": "loose",
+        "k8s_port": 8000,
+        "routing_logic": "roundrobin",
+        "service_discovery": "k8s",
+    }

@@ -76,16 +76,16 @@ async def test_malformed_lines_and_empty_watches_are_survived_and_relisted(
         assert await has_cm(kube, namespace, "before")
         assert all(not task.done() for task in manager.routes.tasks), "a watch task ended"
         assert malformed_count(manager) == len(MALFORMED)
+        empty = [r.at for r in relay.requests if r.fault == "empty"]
+        assert len(empty) == EMPTY_WATCHES
+        rate = (len(empty) - 1) / (empty[-1] - empty[0])
+        assert rate <= MAX_RECONNECTS_PER_SECOND, f"{rate:.0f} empty watches re-opened a second"
         # Each spoiled watch was answered with a list: the first list, one per fault.
         lists = [
             r for r in relay.requests if list_of("staticroutes", namespace, continued=False)(r)
         ]
         assert len(lists) >= 1 + len(MALFORMED) + EMPTY_WATCHES, [r.query for r in lists]
         assert manager.routes.relists >= len(MALFORMED) + EMPTY_WATCHES
-        empty = [r.at for r in relay.requests if r.fault == "empty"]
-        assert len(empty) == EMPTY_WATCHES
-        rate = (len(empty) - 1) / (empty[-1] - empty[0])
-        assert rate <= MAX_RECONNECTS_PER_SECOND, f"{rate:.0f} empty watches re-opened a second"
 
 
 async def test_a_throttled_page_resumes_from_its_continue_token(

@@ -348,8 +348,9 @@ def test_model_types_rule_lists_the_routers_types(rules: list[Schema]) -> None:
 
 
 def _with_alias(pair: str) -> api.StaticRouteSpec:
+    model = pair.partition(":")[2].strip() or "m"  # an alias must name a listed model
     return api.StaticRouteSpec(
-        static_backends="http://a.b.com", static_models="m", static_aliases=pair
+        static_backends="http://a.b.com", static_models=model, static_aliases=pair
     )
 
 

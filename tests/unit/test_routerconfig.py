@@ -8,15 +8,17 @@ are pinned here: a change in either is a change users see.
 from __future__ import annotations
 
 import json
+import typing
 from typing import Any
 
 import pytest
 
 from router_controller import routerconfig
-from router_controller.api import MODEL_TYPES, StaticRouteSpec
+from router_controller.api import MODEL_TYPES, RoutingLogic, StaticRouteSpec
 from router_controller.routerconfig import (
     ROUTER_DEFAULTS,
     ROUTER_KEYS,
+    UNSUPPORTED_ROUTING_LOGIC,
     InvalidSpecError,
     config_mismatches,
     render,
@@ -39,9 +41,9 @@ def static(**fields: Any) -> StaticRouteSpec:
     return StaticRouteSpec(**base)
 
 
-def problems(value: StaticRouteSpec) -> str:
+def problems(value: StaticRouteSpec, *, namespace: str | None = None) -> str:
     with pytest.raises(InvalidSpecError) as caught:
-        render(value)
+        render(value, namespace=namespace)
     return str(caught.value)
 
 
@@ -75,22 +77,18 @@ def test_full_spec_renders_every_key_trimmed_and_sorted() -> None:
             routing_logic="session",
             session_key=" x-user-id ",
             static_aliases=" fast : m1 , big:m2",
-            static_model_labels=" l1 ",
+            static_model_labels=" l1 , l2",
             static_model_types="chat, embeddings",
             static_backend_health_checks=True,
             static_backend_health_check_interval=30,
             static_backend_health_check_timeout_seconds=5,
             prefill_model_labels="p",
             decode_model_labels="d",
-            k8s_namespace=" ns ",
-            k8s_label_selector="app=vllm",
         )
     )
     assert rendered.data == (
         "{\n"
         '  "decode_model_labels": "d",\n'
-        '  "k8s_label_selector": "app=vllm",\n'
-        '  "k8s_namespace": "ns",\n'
         '  "prefill_model_labels": "p",\n'
         '  "routing_logic": "session",\n'
         '  "service_discovery": "static",\n'
@@ -100,7 +98,7 @@ def test_full_spec_renders_every_key_trimmed_and_sorted() -> None:
         '  "static_backend_health_check_timeout_seconds": 5,\n'
         '  "static_backend_health_checks": true,\n'
         '  "static_backends": "http://a.example.com:8000,https://10.0.0.7/v1",\n'
-        '  "static_model_labels": "l1",\n'
+        '  "static_model_labels": "l1,l2",\n'
         '  "static_model_types": "chat,embeddings",\n'
         '  "static_models": "m1,m2"\n'
         "}\n"
@@ -109,17 +107,38 @@ def test_full_spec_renders_every_key_trimmed_and_sorted() -> None:
     assert json.loads(rendered.data) == rendered.content
 
 
-def test_k8s_discovery_renders_without_static_fields() -> None:
-    rendered = render(StaticRouteSpec(service_discovery="k8s", k8s_port=8000))
+def test_k8s_discovery_names_the_staticroutes_namespace() -> None:
+    # Without k8s_namespace the router's reload would watch pods with namespace=None.
+    rendered = render(StaticRouteSpec(service_discovery="k8s", k8s_port=8000), namespace="team-a")
     assert rendered.data == (
-        '{\n  "k8s_port": 8000,\n  "routing_logic": "roundrobin",\n'
-        '  "service_discovery": "k8s"\n}\n'
+        '{\n  "k8s_namespace": "team-a",\n  "k8s_port": 8000,\n'
+        '  "routing_logic": "roundrobin",\n  "service_discovery": "k8s"\n}\n'
+    )
+
+
+def test_k8s_discovery_keeps_a_namespace_it_was_given() -> None:
+    given = StaticRouteSpec(
+        service_discovery="k8s", k8s_port=8000, k8s_namespace=" models ", k8s_label_selector=""
+    )
+    assert render(given, namespace="team-a").content == {
+        "k8s_namespace": "models",
+        "k8s_port": 8000,
+        "k8s_label_selector": "",
+        "routing_logic": "roundrobin",
+        "service_discovery": "k8s",
+    }
+
+
+def test_k8s_discovery_without_any_namespace_is_never_written() -> None:
+    assert problems(StaticRouteSpec(service_discovery="k8s", k8s_port=8000)) == (
+        "spec.k8sNamespace is required when serviceDiscovery is k8s and the "
+        "StaticRoute's namespace is not known"
     )
 
 
 def test_rendering_is_deterministic() -> None:
-    first = render(static(static_aliases="a:m1", session_key="k"))
-    again = render(static(session_key="k", static_aliases="a:m1"))
+    first = render(static(static_aliases="a:facebook/opt-125m", session_key="k"))
+    again = render(static(session_key="k", static_aliases="a:facebook/opt-125m"))
     assert first.data == again.data
     assert serialize(dict(reversed(list(first.content.items())))) == first.data
 
@@ -206,7 +225,7 @@ def test_static_discovery_needs_backends_and_models() -> None:
 
 
 def test_k8s_discovery_needs_a_port() -> None:
-    assert problems(StaticRouteSpec(service_discovery="k8s")) == (
+    assert problems(StaticRouteSpec(service_discovery="k8s"), namespace="ns") == (
         "spec.k8sPort is required when serviceDiscovery is k8s"
     )
 
@@ -221,7 +240,7 @@ def test_session_routing_needs_a_session_key(key: str | None) -> None:
 @pytest.mark.parametrize("pair", ["a", "a:b:c", ":m1", "a:", " : "])
 def test_aliases_must_be_alias_colon_model(pair: str) -> None:
     shown = pair.strip()
-    assert problems(static(static_aliases=f"ok:m1,{pair}")) == (
+    assert problems(static(static_aliases=f"ok:facebook/opt-125m,{pair}")) == (
         f'spec.staticAliases: {shown!r} is not alias:model; write "alias:model,alias:model"'
     )
 
@@ -268,6 +287,87 @@ def test_every_problem_is_reported_at_once() -> None:
 def test_invalid_spec_error_is_a_value_error() -> None:
     assert issubclass(InvalidSpecError, ValueError)
     assert routerconfig.RenderedConfig.__dataclass_params__.frozen  # type: ignore[attr-defined]
+
+
+# --- what the router cannot serve from a file ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("logic", "fragments"),
+    [
+        ("kvaware", ("LMCache controller settings", "without --dynamic-config-json")),
+        (
+            "disaggregated_prefill",
+            ("prefill and decode clients only at start-up", "--prefill-model-labels"),
+        ),
+        ("disaggregated_prefill_orchestrated", ("fails with 503", "--decode-model-labels")),
+    ],
+)
+def test_routing_logics_a_reload_cannot_build_are_refused(
+    logic: str, fragments: tuple[str, ...]
+) -> None:
+    labelled = static(
+        routing_logic=logic,
+        static_model_labels="p,d",
+        prefill_model_labels="p",
+        decode_model_labels="d",
+    )
+    message = problems(labelled)
+    assert message.startswith(f"spec.routingLogic {logic} cannot be applied from a dynamic")
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_every_routing_logic_is_written_or_refused() -> None:
+    for logic in typing.get_args(RoutingLogic):
+        value = static(routing_logic=logic, session_key="x-user")
+        if logic in UNSUPPORTED_ROUTING_LOGIC:
+            assert problems(value) == UNSUPPORTED_ROUTING_LOGIC[logic]
+        else:
+            assert render(value).content["routing_logic"] == logic
+
+
+def test_model_labels_need_one_label_per_model() -> None:
+    # With fewer labels the router fails every request with an IndexError.
+    assert problems(static(static_model_labels="only-one")) == (
+        "spec.staticModelLabels has 1 labels but spec.staticModels has 2 models; give one "
+        "label per model (with fewer, the router fails every request)"
+    )
+    assert problems(static(static_model_labels="a,b,c")).startswith(
+        "spec.staticModelLabels has 3 labels"
+    )
+    assert render(static(static_model_labels=" a , b ")).content["static_model_labels"] == "a,b"
+
+
+def test_an_alias_must_name_a_listed_model() -> None:
+    # The router answers 404 for an alias whose model it does not serve.
+    assert problems(static(static_aliases="fast:facebook/opt-125m,big:opt-66b")) == (
+        "spec.staticAliases: 'big:opt-66b' points at 'opt-66b', which is not in "
+        "spec.staticModels, so the router answers 404 for it; name one of the models"
+    )
+
+
+def test_static_only_features_are_refused_with_k8s_discovery() -> None:
+    k8s = {"service_discovery": "k8s", "k8s_port": 8000}
+    assert problems(StaticRouteSpec(**k8s, static_aliases="a:m"), namespace="ns") == (
+        "spec.staticAliases has no effect with serviceDiscovery k8s (the router's Kubernetes "
+        "discovery has no aliases, so requests for an alias get 404): remove it, or use "
+        "serviceDiscovery static"
+    )
+    checks = StaticRouteSpec(**k8s, static_backend_health_checks=True, static_model_types="chat")
+    assert problems(checks, namespace="ns") == (
+        "spec.staticBackendHealthChecks has no effect with serviceDiscovery k8s (the router's "
+        "Kubernetes discovery ignores it): remove it, or use serviceDiscovery static"
+    )
+    off = StaticRouteSpec(**k8s, static_backend_health_checks=False)
+    assert render(off, namespace="ns").content["static_backend_health_checks"] is False
+
+
+def test_the_table_covers_every_key_and_routing_logic() -> None:
+    """The module's table says, for each, what the router and the operator do."""
+    table = routerconfig.__doc__ or ""
+    for entry in [*ROUTER_KEYS, *typing.get_args(RoutingLogic)]:
+        assert f"``{entry}``" in table, entry
 
 
 # --- config_mismatches --------------------------------------------------------------
