@@ -1,0 +1,133 @@
+"""The offline check and render next to the real API server and the real operator.
+
+One table, two judges: every case of the CRD validation table in test_crd_validation.py
+goes to the API server (a server-side dry run, so nothing is stored) and to
+``router-controller check``, and both must say the same. ``render`` must print the bytes
+the operator writes into the ConfigMap. And ``kubectl get sr`` shows router health and
+sync next to Ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from router_controller import api
+from router_controller.envtest import ControlPlane
+from router_controller.kube import Kube
+from router_controller.manager import Manager
+from tests.e2e.fakerouter import FakeRouter, expose
+from tests.e2e.support import create_route, staticroute, try_get_cm, wait_condition, wait_for
+from tests.e2e.test_crd_validation import INVALID, VALID, _route
+
+pytestmark = pytest.mark.cluster
+
+CASES = [(case.id, case.name, case.spec) for case in INVALID] + [
+    (name, name, spec) for name, spec in VALID.items()
+]
+FAST = {"periodSeconds": 1, "timeoutSeconds": 1, "successThreshold": 1, "failureThreshold": 1}
+
+
+def check(text: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "router_controller", "check", "-f", "-", *args],
+        input=text, capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def dry_run_namespace(control_plane: ControlPlane) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    control_plane.kubectl("create", "namespace", name)
+    yield name
+    control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.mark.parametrize(("case_id", "name", "spec"), CASES, ids=[c[0] for c in CASES])
+def test_check_and_the_api_server_agree(
+    control_plane: ControlPlane,
+    dry_run_namespace: str,
+    case_id: str,
+    name: str,
+    spec: dict[str, Any],
+) -> None:
+    text = _route(name, spec)
+    server = control_plane.kubectl(
+        "create", "--dry-run=server", "-n", dry_run_namespace, "-f", "-", input=text, check=False
+    )
+    offline = check(text, "-n", dry_run_namespace)
+    assert offline.returncode in (0, 1), offline.stderr
+    assert (offline.returncode == 0) == (server.returncode == 0), (
+        f"{case_id}: the API server said {server.stderr or server.stdout!r}; "
+        f"check said {offline.stdout!r}"
+    )
+
+
+async def test_render_prints_the_bytes_the_operator_writes(
+    kube: Kube, operator: Manager, namespace: str, tmp_path: Path
+) -> None:
+    spec = {
+        **VALID["everything"],
+        "staticBackends": " http://a.example.com:8000 , http://10.0.0.7:8000 ",
+        "staticModels": "modèle-a , model-b",
+        "staticAliases": "fast:modèle-a, b : model-b",
+    }
+    spec.pop("routerRef")
+    spec.pop("routerSelector")
+    route = staticroute("rendered", namespace, **spec)
+    path = tmp_path / "route.yaml"
+    path.write_text(json.dumps(route), encoding="utf-8")
+    await create_route(kube, route)
+    cm = await wait_for(
+        lambda: try_get_cm(kube, namespace, spec["configMapName"]), what="the ConfigMap"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "router_controller", "render", "-f", str(path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await process.communicate()
+    assert process.returncode == 0, stderr
+    assert stdout == cm["data"][api.CONFIG_KEY].encode("utf-8")
+
+
+async def test_kubectl_get_sr_shows_health_and_sync_next_to_ready(
+    control_plane: ControlPlane, kube: Kube, operator: Manager, namespace: str
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        router = await stack.enter_async_context(FakeRouter())
+        await expose(kube, namespace, "router", [router])
+        await create_route(
+            kube, staticroute("r", namespace, routerRef={"name": "router"}, healthCheck=FAST)
+        )
+        # Healthy, but still running its old file: not synced, not Ready.
+        await wait_condition(kube, namespace, "r", "RouterConfigSynced", "False")
+        rows = control_plane.kubectl("get", "sr", "-n", namespace).stdout.splitlines()
+        assert rows[0].split() == [
+            "NAME", "ROUTING", "CONFIGMAP", "READY", "HEALTHY", "SYNCED", "AGE"
+        ]  # fmt: skip
+        assert rows[1].split()[:6] == ["r", "roundrobin", "r-config", "False", "True", "False"]
+
+        cm = await wait_for(lambda: try_get_cm(kube, namespace, "r-config"), what="r-config")
+        assert router.load_configmap(cm)
+        ready = await wait_condition(kube, namespace, "r", "Ready", "True")
+        rows = control_plane.kubectl("get", "sr", "-n", namespace).stdout.splitlines()
+        assert rows[1].split()[:6] == ["r", "roundrobin", "r-config", "True", "True", "True"]
+
+        # The Ready message with -o wide; the vllm category lists StaticRoutes.
+        wide = control_plane.kubectl("get", "sr", "r", "-n", namespace, "-o", "wide").stdout
+        header, row = wide.splitlines()
+        assert "MESSAGE" in header.split()
+        message = next(c for c in ready["status"]["conditions"] if c["type"] == "Ready")["message"]
+        assert message in row
+        listed = control_plane.kubectl("get", "vllm", "-n", namespace, "-o", "name").stdout
+        assert listed.split() == [f"{api.KIND.lower()}.{api.GROUP}/r"]
+        await kube.delete(f"/apis/{api.API_VERSION}/namespaces/{namespace}/{api.PLURAL}/r")
