@@ -179,9 +179,9 @@ def parser() -> argparse.ArgumentParser:
     add(
         "--shutdown-timeout",
         type=duration,
-        default=30.0,
+        default=15.0,
         metavar="DURATION",
-        help="how long in-flight reconciles may take after SIGTERM (default 30s)",
+        help="how long in-flight reconciles may take after SIGTERM (default 15s)",
     )
     add(
         "--zap-log-level",

@@ -51,6 +51,8 @@ from router_controller.settings import Settings
 from router_controller.workqueue import WorkQueue
 
 CONTROLLER = "staticroute"
+# How long Events still buffered at a graceful stop may take to be sent.
+EVENT_DRAIN_TIMEOUT = 5.0
 _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 log = structlog.get_logger("manager")
@@ -310,7 +312,7 @@ class Manager:
                 log.warning("in-flight reconciles did not finish in time; cancelling them")
             workers.cancel()
             await asyncio.wait([workers])
-            await self.recorder.drain(timeout=5.0)
+            await self.recorder.drain(timeout=EVENT_DRAIN_TIMEOUT)
             lost.cancel()
             if self.elector is not None and election is not None:
                 await self._release(self.elector, election)
@@ -330,6 +332,20 @@ class Manager:
         election.cancel()
         await asyncio.wait([election])
         await asyncio.shield(elector.release())
+
+
+def shutdown_budget(settings: Settings) -> float:
+    """The longest a graceful stop takes after SIGTERM, in seconds.
+
+    In-flight reconciles get ``--shutdown-timeout``, buffered Events
+    :data:`EVENT_DRAIN_TIMEOUT`, and the Lease release at most the renew deadline, one
+    after the other. The Deployment's ``terminationGracePeriodSeconds`` must exceed the
+    sum, or the kubelet's SIGKILL lands before the Lease is released and a successor
+    waits for it to expire (a unit test holds config/manager/manager.yaml to this).
+    """
+    election = settings.leader_election
+    release = election.renew_deadline if election.enabled else 0.0
+    return settings.shutdown_timeout + EVENT_DRAIN_TIMEOUT + release
 
 
 def _only_status_changed(old: Object, new: Object) -> bool:

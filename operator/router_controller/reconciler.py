@@ -9,20 +9,45 @@ result. It:
 2. writes the ConfigMap only when its bytes differ from what the spec renders to,
    with a controller owner reference (garbage collected with the StaticRoute) and the
    ``managed-by`` label; a ConfigMap of that name that is not ours is never modified
-   or adopted (``ConfigMapConflict``); an owned ConfigMap left behind by a change of
-   ``configMapName`` is deleted;
-3. writes status through the status subresource only when it changed, with
+   or adopted (``ConfigMapConflict``);
+3. only once the ConfigMap holds the current spec, deletes any other ConfigMap the
+   StaticRoute owns (left behind by a change of ``configMapName``): the routers mount
+   the old one until the new one is there, so a new name that is taken, refused or
+   failing never leaves them without a file;
+4. writes status through the status subresource only when it changed, with
    optimistic concurrency, retrying from fresh state on 409.
 
-A ConfigMap call that RBAC refuses is said on the status (``ConfigMapReady=False``,
-reason ``Forbidden``, naming the verb and resource) and retried with backoff, so a
-missing permission is visible with ``kubectl get`` and heals once it is granted.
+Updates are server-side apply (``fieldManager=router-controller``, forced, guarded by
+the cached ``resourceVersion``), as controller-runtime users now write objects: the
+patch names only what the operator owns -- the ``dynamic_config.json`` key, the
+``managed-by`` label and its owner reference -- so a finalizer, annotation, label or
+data key another tool adds survives every update (a PUT of the whole object drops
+them), and the API server records that those three fields are ours, so a later
+``kubectl apply --server-side`` of the same key by someone else is told it conflicts
+with router-controller instead of silently fighting it. A JSON merge patch would
+preserve the others' fields too, but records no ownership. Creates stay a plain POST,
+which fails on an existing name: an apply would create-or-update, and a ConfigMap of
+that name that is not ours must never be taken.
+
+A ConfigMap someone marked ``immutable: true`` cannot take new data (the API server
+answers 422) and is not refreshed in the Pods that mount it, even if re-created
+(Kubernetes' ConfigMap docs): the operator neither loops on the 422 nor deletes the
+file the routers mount, it says so (``ConfigMapImmutable``) and re-creates the
+ConfigMap once the user deletes it.
+
+A ConfigMap write that keeps failing is said on the status (``ConfigMapReady=False``
+and ``Ready=False``) with a Warning event, and retried with backoff: reason
+``Forbidden`` when RBAC refused the verb (naming it, so a missing permission heals
+once granted), ``ApplyFailed`` with the API server's own message for everything else
+(quota, an admission policy or webhook, validation). A 403 from a terminating
+namespace is not a failure: the StaticRoute is going away with it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -46,17 +71,27 @@ from router_controller.events import EventRecorder
 from router_controller.informer import Informer
 from router_controller.kube import (
     CONFIGMAPS,
+    ApiError,
     Conflict,
     Forbidden,
     Kube,
     NotFound,
     Object,
     Resource,
+    TooManyRequests,
 )
-from router_controller.routerconfig import InvalidSpecError, RenderedConfig, render
+from router_controller.routerconfig import (
+    InvalidSpecError,
+    RenderedConfig,
+    check_config_map_name,
+    render,
+)
 
 STATICROUTES = Resource(GROUP, VERSION, PLURAL)
 CONFLICT_RECHECK_SECONDS = 60.0
+FIELD_MANAGER = "router-controller"
+APPLY_PATCH = "application/apply-patch+yaml"
+MAX_ERROR_MESSAGE = 4096  # of an API error copied into a condition or an Event
 
 log = structlog.get_logger("reconciler")
 
@@ -157,7 +192,7 @@ class StaticRouteReconciler:
             log.debug("conflict, requeueing", error=str(err))
             return Result(requeue=True)
         except Forbidden as err:
-            if "being terminated" in err.message:
+            if err.namespace_terminating:
                 return Result()  # the namespace is going away, and the StaticRoute with it
             raise
 
@@ -167,6 +202,7 @@ class StaticRouteReconciler:
         try:
             spec = StaticRouteSpec.model_validate(route.get("spec") or {})
             rendered = render(spec, namespace=meta["namespace"])
+            check_config_map_name(meta["name"], spec)
         except pydantic.ValidationError as err:
             return await self._invalid(route, _pydantic_message(err), generation)
         except InvalidSpecError as err:
@@ -174,24 +210,23 @@ class StaticRouteReconciler:
 
         cm_name = config_map_name(meta["name"], spec)
         try:
-            await self._delete_stale(route, cm_name)
             outcome = await self._apply_configmap(route, cm_name, rendered)
-        except Forbidden as err:
-            if "being terminated" not in err.message:
-                await self._forbidden(route, cm_name, err, generation)
-            raise  # retried with backoff: the permission may be granted meanwhile
+            if outcome.problem is None:  # the new one holds the current spec
+                await self._delete_stale(route, cm_name)
+        except _WriteFailed as failed:
+            await self._write_failed(route, failed, generation)
+            raise failed.error from None  # retried with backoff; it may heal meanwhile
 
         status: dict[str, Any] = dict(route.get("status") or {})
         desired: list[dict[str, Any]] = []
         ready = True
         reason, message = "Ready", f"ConfigMap {cm_name} holds the current spec"
-        if outcome.conflict:
+        if outcome.problem is not None:
+            reason, message = outcome.problem
             desired.append(
-                cond.condition(
-                    cond.CONFIG_MAP_READY, False, "ConfigMapConflict", outcome.conflict, generation
-                )
+                cond.condition(cond.CONFIG_MAP_READY, False, reason, message, generation)
             )
-            ready, reason, message = False, "ConfigMapConflict", outcome.conflict
+            ready = False
         else:
             desired.append(
                 cond.condition(cond.CONFIG_MAP_READY, True, "ConfigMapApplied", message, generation)
@@ -202,7 +237,8 @@ class StaticRouteReconciler:
 
         report = None
         if self._health is not None:
-            report = self._health.sync(route, spec, None if outcome.conflict else rendered.content)
+            expected = None if outcome.problem is not None else rendered.content
+            report = self._health.sync(route, spec, expected)
         if report is not None:
             desired.extend(report.conditions)
             status["routers"] = report.routers
@@ -218,7 +254,8 @@ class StaticRouteReconciler:
         await self._write_status(route, status, desired, generation)
         for type_, event_reason, event_message in events:
             await self._recorder.record(route, type_, event_reason, event_message)
-        if outcome.conflict:
+        if outcome.problem is not None and outcome.problem[0] == "ConfigMapConflict":
+            # The foreign ConfigMap is not in our (label-selected) cache: look again later.
             return Result(requeue_after=CONFLICT_RECHECK_SECONDS)
         return Result()
 
@@ -239,30 +276,38 @@ class StaticRouteReconciler:
             await self._recorder.record(route, "Warning", "InvalidSpec", message)
         return Result()
 
-    async def _forbidden(
-        self, route: Object, cm_name: str, err: Forbidden, generation: int | None
+    async def _write_failed(
+        self, route: Object, failed: _WriteFailed, generation: int | None
     ) -> None:
-        """Say on the status that RBAC stops the operator from managing the ConfigMap."""
-        text = (
-            f"the operator is not allowed to manage ConfigMap {cm_name}: {err.message}. "
-            "Grant its service account the rules of config/rbac/role.yaml"
-        )
+        """Say on the status which ConfigMap write keeps failing, and the API's reason."""
+        err = failed.error
+        api_message = err.message[:MAX_ERROR_MESSAGE] or str(err)
+        if isinstance(err, Forbidden) and err.rbac_denied:
+            reason = "Forbidden"
+            text = (
+                f"the operator is not allowed to {failed.action}: {api_message}. "
+                "Grant its service account the rules of config/rbac/role.yaml"
+            )
+        else:
+            reason = "ApplyFailed"
+            text = f"could not {failed.action} (HTTP {err.status}): {api_message}"
         before = (route.get("status") or {}).get("conditions")
         others = [
             c for c in before or [] if c.get("type") not in (cond.CONFIG_MAP_READY, cond.READY)
         ]
         desired = [
             *others,
-            cond.condition(cond.CONFIG_MAP_READY, False, "Forbidden", text, generation),
-            cond.condition(cond.READY, False, "Forbidden", text, generation),
+            cond.condition(cond.CONFIG_MAP_READY, False, reason, text, generation),
+            cond.condition(cond.READY, False, reason, text, generation),
         ]
         try:
             await self._write_status(route, dict(route.get("status") or {}), desired, generation)
-        except (Forbidden, Conflict) as status_err:  # the original error is what matters
-            log.warning("could not report the missing permission", error=str(status_err))
+        except ApiError as status_err:  # the original error is what matters
+            log.warning("could not report the failed write", error=str(status_err))
             return
-        if cond.flipped(before, desired, cond.CONFIG_MAP_READY):
-            await self._recorder.record(route, "Warning", "Forbidden", text)
+        old = cond.find(before, cond.CONFIG_MAP_READY) or {}
+        if cond.flipped(before, desired, cond.CONFIG_MAP_READY) or old.get("message") != text:
+            await self._recorder.record(route, "Warning", reason, text)
 
     # -- ConfigMap ---------------------------------------------------------------------
 
@@ -274,11 +319,16 @@ class StaticRouteReconciler:
             if cm_meta["name"] == keep or not owned_by(cm, meta["uid"]):
                 continue
             path = CONFIGMAPS.path(meta["namespace"], cm_meta["name"])
+            action = f"delete the previous ConfigMap {meta['namespace']}/{cm_meta['name']}"
             try:
-                await self._kube.delete(
-                    path,
-                    {"preconditions": {"uid": cm_meta["uid"]}, "propagationPolicy": "Background"},
-                )
+                with _writing(action):
+                    await self._kube.delete(
+                        path,
+                        {
+                            "preconditions": {"uid": cm_meta["uid"]},
+                            "propagationPolicy": "Background",
+                        },
+                    )
             except NotFound:
                 continue
             except Conflict:  # replaced by somebody else meanwhile: not ours to delete
@@ -298,37 +348,42 @@ class StaticRouteReconciler:
         existing = self._configmaps.get(namespace, name)
         if existing is None:
             try:
-                await self._kube.create(
-                    CONFIGMAPS.path(namespace), self._desired_cm(route, name, rendered)
-                )
+                with _writing(f"create ConfigMap {namespace}/{name}"):
+                    await self._kube.create(
+                        CONFIGMAPS.path(namespace), self._desired_cm(route, name, rendered)
+                    )
             except Conflict as err:
                 if not err.already_exists:
                     raise
-                existing = await self._kube.get(CONFIGMAPS.path(namespace, name))
+                with _writing(f"read ConfigMap {namespace}/{name}"):
+                    existing = await self._kube.get(CONFIGMAPS.path(namespace, name))
             else:
                 await self._recorder.record(
                     route, "Normal", "ConfigMapCreated", f"created ConfigMap {name}"
                 )
                 return _Outcome(changed=True)
         if not owned_by(existing, meta["uid"]):
-            return _Outcome(conflict=_conflict_message(namespace, name, existing))
-        same_data = (existing.get("data") or {}).get(CONFIG_KEY) == rendered.data and len(
-            existing.get("data") or {}
-        ) == 1
+            return _Outcome(
+                problem=("ConfigMapConflict", _conflict_message(namespace, name, existing))
+            )
+        same_data = (existing.get("data") or {}).get(CONFIG_KEY) == rendered.data
         labels = existing["metadata"].get("labels") or {}
-        if (
-            same_data
-            and labels.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE
-            and not existing.get("binaryData")
-        ):
+        if same_data and labels.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE:
             return _Outcome()
+        if not same_data and existing.get("immutable"):
+            return _Outcome(problem=("ConfigMapImmutable", _immutable_message(namespace, name)))
         body = self._desired_cm(route, name, rendered)
+        # A precondition: never apply to a ConfigMap that changed since it was cached
+        # (it may have become somebody else's); a 409 re-reconciles from fresh state.
         body["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
-        body["metadata"]["labels"] = {**labels, MANAGED_BY_LABEL: MANAGED_BY_VALUE}
-        for keep in ("annotations", "ownerReferences"):
-            if existing["metadata"].get(keep):
-                body["metadata"][keep] = existing["metadata"][keep]
-        await self._kube.replace(CONFIGMAPS.path(namespace, name), body)
+        with _writing(f"update ConfigMap {namespace}/{name}"):
+            await self._kube.request(
+                "PATCH",
+                CONFIGMAPS.path(namespace, name),
+                params={"fieldManager": FIELD_MANAGER, "force": "true"},
+                body=body,
+                content_type=APPLY_PATCH,
+            )
         if not same_data:
             await self._recorder.record(
                 route, "Normal", "ConfigMapUpdated", f"updated ConfigMap {name} to the current spec"
@@ -393,7 +448,40 @@ class StaticRouteReconciler:
 @dataclass(frozen=True, slots=True)
 class _Outcome:
     changed: bool = False
-    conflict: str = ""
+    problem: tuple[str, str] | None = None  # (reason, message): the ConfigMap is not current
+
+
+class _WriteFailed(Exception):
+    """A ConfigMap call failed in a way the user should read on the StaticRoute."""
+
+    def __init__(self, action: str, error: ApiError) -> None:
+        super().__init__(f"could not {action}: {error}")
+        self.action = action
+        self.error = error
+
+
+def _lasting(err: ApiError) -> bool:
+    """Whether a failed ConfigMap call is worth reporting, not just retrying.
+
+    A 409 or 404 means our cache was stale (re-reconciled from fresher state), a 429 is
+    throttling the client already waited out, a terminating namespace takes the
+    StaticRoute with it; anything else (RBAC, quota, admission, validation, a failing
+    webhook) keeps failing until someone acts.
+    """
+    if isinstance(err, Forbidden):
+        return not err.namespace_terminating
+    return not isinstance(err, (Conflict, NotFound, TooManyRequests))
+
+
+@contextlib.contextmanager
+def _writing(action: str) -> Iterator[None]:
+    """Turn a lasting API error of ``action`` into :class:`_WriteFailed`."""
+    try:
+        yield
+    except ApiError as err:
+        if _lasting(err):
+            raise _WriteFailed(action, err) from err
+        raise
 
 
 _EVENTS = {
@@ -438,6 +526,14 @@ def _conflict_message(namespace: str, name: str, existing: Object) -> str:
         f"ConfigMap {namespace}/{name} already exists and {who}; it is left untouched. "
         "Set spec.configMapName to an unused name, "
         "or delete that ConfigMap if it is no longer needed"
+    )
+
+
+def _immutable_message(namespace: str, name: str) -> str:
+    return (
+        f"ConfigMap {namespace}/{name} is marked immutable, so it cannot take the current "
+        "spec (and Pods that mount it would not see a change); it is left as it is. "
+        "Delete it: the operator re-creates it, then restart the routers that mount it"
     )
 
 

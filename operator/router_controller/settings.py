@@ -78,7 +78,9 @@ class Settings(_Frozen):
     max_concurrent_reconciles: int = Field(default=4, ge=1)
     allow_cross_namespace_router_ref: bool = False
     probe_concurrency: int = Field(default=64, ge=1)
-    shutdown_timeout: float = Field(default=30.0, gt=0)
+    # With the Event drain and the Lease release it must fit the Deployment's
+    # terminationGracePeriodSeconds (see manager.shutdown_budget).
+    shutdown_timeout: float = Field(default=15.0, gt=0)
     leader_election: LeaderElection = LeaderElection()
     serving: Serving = Serving()
     logging: Logging = Logging()

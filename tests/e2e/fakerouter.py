@@ -17,6 +17,18 @@ API server refuses EndpointSlice addresses in 127.0.0.0/8 ("may not be in the
 loopback range"), as it refuses link-local ones. A machine's own address is
 reached through the loopback interface all the same, and the servers listen on
 that address only.
+
+What it does with a file follows vllm_router's ``DynamicConfigWatcher.reconfigure_all``
+(see the table in ``router_controller/routerconfig.py``; ``make router-conformance``
+checks the same against the real router): a file the router refuses leaves ``/health``
+on the previous config; one that fails after the service discovery was swapped (an
+invalid or unbuildable routing logic, ``session`` without ``session_key``) is *half
+applied*: the new backends serve under the old ``/health``; k8s discovery without
+``k8s_namespace`` is taken but its pod watch fails forever; and the routing logics a
+reload cannot build answer requests with the router's own errors. ``POST
+/v1/chat/completions`` and ``/v1/completions`` answer with the backend the router
+would pick (``{"backend": URL, "model": ...}``) instead of proxying; :meth:`route`
+does the same without HTTP. :meth:`boot` is the router's start-up on a file.
 """
 
 from __future__ import annotations
@@ -26,9 +38,11 @@ import fcntl
 import functools
 import ipaddress
 import json
+import re
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aiohttp import web
@@ -63,7 +77,91 @@ ROUTER_DEFAULTS: dict[str, Any] = {
     "static_backend_health_check_timeout_seconds": 10,
 }
 
+# The router's own tables, written out for the same reason as ROUTER_FIELDS.
+ROUTING_LOGICS = (
+    "roundrobin",
+    "session",
+    "kvaware",
+    "prefixaware",
+    "disaggregated_prefill",
+    "disaggregated_prefill_orchestrated",
+)
+MODEL_TYPES = (
+    "chat",
+    "completion",
+    "embeddings",
+    "rerank",
+    "score",
+    "transcription",
+    "vision",
+    "messages",
+)
+_URL = re.compile(  # vllm_router.utils.validate_url
+    r"^(http|https)://(([a-zA-Z0-9_-]+\.)+[a-zA-Z]{2,}|localhost|\d{1,3}(\.\d{1,3}){3})"
+    r"(:\d+)?(/.*)?$"
+)
+# What the router logs when a reload fails, before the reason.
+LOAD_ERROR = "DynamicConfigWatcher: Error loading config file: "
+NO_NAMESPACE = "Missing the required parameter `namespace` when calling `list_namespaced_pod`"
+
 _SIOCGIFADDR = 0x8915  # Linux: an interface's IPv4 address
+
+
+class _LoadError(Exception):
+    """A load the router gives up on; the message is what its log line says."""
+
+
+@dataclass
+class Discovery:
+    """What the router's service discovery runs: its backends, or why it has none."""
+
+    kind: str = "static"
+    backends: list[tuple[str, str]] = field(default_factory=list)  # (url, model)
+    aliases: dict[str, str] = field(default_factory=dict)
+    labels: list[str] | None = None
+    namespace: str | None = None
+    error: str | None = None  # the k8s watch failing over and over
+
+    @classmethod
+    def build(cls, config: Mapping[str, Any]) -> Discovery:
+        """As ``reconfigure_service_discovery``: raises what the router raises."""
+        if config["service_discovery"] == "k8s":
+            namespace = config.get("k8s_namespace")
+            error = None if namespace else NO_NAMESPACE
+            return cls(kind="k8s", namespace=namespace, error=error)
+        if config["service_discovery"] != "static":
+            raise _LoadError(f"Invalid service discovery type: {config['service_discovery']}")
+        backends = config.get("static_backends")
+        models = config.get("static_models")
+        if backends is None or models is None:
+            raise _LoadError("'NoneType' object has no attribute 'split'")
+        urls = [url for url in backends.split(",") if _URL.match(url)]  # others dropped
+        names = models.split(",")
+        if len(urls) != len(names):
+            raise _LoadError("URLs and models should have the same length")
+        aliases: dict[str, str] = {}
+        for pair in config["static_aliases"].split(",") if config.get("static_aliases") else ():
+            parts = pair.split(":")
+            if len(parts) != 2:
+                raise _LoadError(f"cannot unpack {len(parts)} values into alias, model")
+            aliases[parts[0]] = parts[1]
+        labels = config.get("static_model_labels")
+        return cls(
+            backends=list(zip(urls, names, strict=True)),
+            aliases=aliases,
+            labels=labels.split(",") if labels else None,
+        )
+
+
+def _check_routing_logic(config: Mapping[str, Any]) -> None:
+    """As ``reconfigure_routing_logic(routing_logic, session_key=...)`` with nothing else."""
+    logic = config["routing_logic"]
+    if logic not in ROUTING_LOGICS:
+        raise _LoadError(f"Invalid routing logic {logic}")
+    if logic == "session" and config.get("session_key") is None:
+        raise _LoadError("SessionRouter must be initialized with a session_key")
+    if logic == "kvaware":  # no lmcache, and no LMCache controller port from a file
+        raise _LoadError("name 'controller_manager' is not defined")
 
 
 @functools.cache
@@ -101,10 +199,19 @@ class FakeRouter:
         self.requests = 0  # GET /health received, answered or not
         self.hanging = 0  # requests held right now by the hang mode
         self._config: dict[str, Any] = {}
+        self.discovery = Discovery()
+        # The prefill and decode clients: made at start-up only, never by a reload.
+        self._clients: tuple[str, str] | None = None
+        self.frozen = False  # when True, loads are ignored: a router whose file never changes
+        self.load_errors: list[str] = []  # the router's log lines for failed loads
+        self.routed: dict[str, int] = {}  # requests answered per backend URL
+        self._turn = 0
         self._release = asyncio.Event()
         self._port = 0
         app = web.Application()
         app.router.add_get("/health", self._health)
+        app.router.add_post("/v1/chat/completions", self._request)
+        app.router.add_post("/v1/completions", self._request)
         # handler_cancellation: a client that gives up (a probe timeout) frees its
         # handler, so ``hanging`` counts only the requests still outstanding.
         self._runner = web.AppRunner(
@@ -141,15 +248,99 @@ class FakeRouter:
         return {key: self._config.get(key, ROUTER_DEFAULTS.get(key)) for key in ROUTER_FIELDS}
 
     def load(self, config: dict[str, Any]) -> bool:
-        """Run ``config``, as the router does when its file changed.
+        """Run ``config``, as the router does when its file changed; False if it refused.
 
-        Like ``DynamicRouterConfig(**json)``, a file with an unknown key is rejected
-        and the previous config kept; returns whether it was accepted.
+        Like ``DynamicRouterConfig(**json)``, a file with an unknown key or without
+        ``service_discovery`` or ``routing_logic`` is refused and the previous config
+        kept. Then ``reconfigure_all``: the discovery is swapped first, so a routing
+        logic that cannot be built leaves the new backends serving under the old
+        config (half applied). Returns whether ``/health`` now shows ``config``.
         """
-        if set(config) - set(ROUTER_FIELDS):
+        if self.frozen:
+            return False
+        try:
+            if set(config) - set(ROUTER_FIELDS):
+                unknown = sorted(set(config) - set(ROUTER_FIELDS))[0]
+                raise _LoadError(f"got an unexpected keyword argument '{unknown}'")
+            for required in ("service_discovery", "routing_logic"):
+                if required not in config:
+                    raise _LoadError(f"missing 1 required positional argument: '{required}'")
+            if self._config and self.dynamic_config == self._shown(config):
+                return True  # unchanged: the router does nothing
+            self.discovery = Discovery.build(config)
+            _check_routing_logic(config)
+        except _LoadError as err:
+            self.load_errors.append(LOAD_ERROR + str(err))
             return False
         self._config = dict(config)
         return True
+
+    def _shown(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        return {key: config.get(key, ROUTER_DEFAULTS.get(key)) for key in ROUTER_FIELDS}
+
+    async def boot(self, config: dict[str, Any]) -> bool:
+        """Start as the router does on ``--dynamic-config-json`` alone; False if it dies.
+
+        ``validate_args`` stops the process for a missing companion key; an invalid
+        routing logic crashes it; kvaware without lmcache kills the main thread and
+        leaves the process up with no HTTP server. Either way connections are refused
+        from then on. Otherwise the prefill and decode clients are made (only here),
+        and the config watcher's first load follows at once.
+        """
+        logic = config.get("routing_logic")
+        static = config.get("service_discovery") == "static"
+        dies = (
+            logic not in ROUTING_LOGICS
+            or logic == "kvaware"
+            or (logic == "session" and config.get("session_key") is None)
+            or (
+                static
+                and (config.get("static_backends") is None or config.get("static_models") is None)
+            )
+            or (
+                static
+                and config.get("static_backend_health_checks")
+                and not set((config.get("static_model_types") or "?").split(","))
+                <= set(MODEL_TYPES)
+            )
+            or (config.get("service_discovery") == "k8s" and config.get("k8s_port") is None)
+        )
+        if not dies and static:
+            try:
+                Discovery.build(config)  # initialize_service_discovery: the same checks
+            except _LoadError:
+                dies = True
+        if dies:
+            await self.refuse()
+            return False
+        self.load(config)
+        prefill, decode = config.get("prefill_model_labels"), config.get("decode_model_labels")
+        if logic == "disaggregated_prefill" and prefill and decode and self.discovery.labels:
+            by_label = dict(zip(self.discovery.labels, self.discovery.backends, strict=False))
+            if prefill in by_label and decode in by_label:
+                self._clients = (by_label[prefill][0], by_label[decode][0])
+        return True
+
+    def route(self, model: str) -> tuple[int, str]:
+        """Where a request for ``model`` goes: (200, backend URL) or (status, error)."""
+        logic = self._config.get("routing_logic")
+        if logic == "disaggregated_prefill":
+            if self._clients is None:
+                return 500, "Prefiller error: 'State' object has no attribute 'prefill_client'"
+            return 200, self._clients[1]  # the decode client, whatever the file says now
+        if logic == "disaggregated_prefill_orchestrated":
+            return 503, "PREFILL_SERVICE_UNAVAILABLE: No prefill endpoints discovered"
+        found = self.discovery
+        if found.labels is not None and len(found.labels) < len(found.backends):
+            return 500, "IndexError: list index out of range"
+        model = found.aliases.get(model, model)
+        urls = [url for url, served in found.backends if served == model]
+        if not urls:
+            return 404, f"Model '{model}' not found. Available models can be listed at /v1/models."
+        self._turn += 1
+        url = sorted(urls)[self._turn % len(urls)]
+        self.routed[url] = self.routed.get(url, 0) + 1
+        return 200, url
 
     def load_file(self, text: str) -> bool:
         """Parse a ``dynamic_config.json`` file and run it (False if it is rejected)."""
@@ -191,6 +382,13 @@ class FakeRouter:
         self._release.set()
         await self._runner.cleanup()
         self._site = None
+
+    async def _request(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        status, answer = self.route(str(body.get("model")))
+        if status != 200:
+            return web.json_response({"error": answer}, status=status)
+        return web.json_response({"backend": answer, "model": body.get("model")})
 
     async def _health(self, _request: web.Request) -> web.StreamResponse:
         self.requests += 1

@@ -141,6 +141,7 @@ class Invalid:
     id: str
     spec: Object
     fragments: tuple[str, ...] = field(default_factory=tuple)
+    name: str = "bad"
 
 
 INVALID = [
@@ -355,6 +356,12 @@ INVALID = [
         _spec(healthCheck={"periodSeconds": 2}),
         ("spec.healthCheck.timeoutSeconds", "the default is 5"),
     ),
+    Invalid(
+        "name-too-long-for-default-configMapName",
+        _spec(),
+        ("spec.configMapName: Required value", "set spec.configMapName"),
+        name="n" * 250,
+    ),
 ]
 
 
@@ -363,7 +370,7 @@ def test_invalid_staticroute_is_refused(
     control_plane: ControlPlane, crd: Object, namespace: str, case: Invalid
 ) -> None:
     result = control_plane.kubectl(
-        "create", "-n", namespace, "-f", "-", input=_route("bad", case.spec), check=False
+        "create", "-n", namespace, "-f", "-", input=_route(case.name, case.spec), check=False
     )
     assert result.returncode != 0, f"accepted: {case.spec}"
     for fragment in case.fragments:
@@ -430,6 +437,19 @@ def test_valid_staticroute_is_accepted(
     stored = _get(control_plane, namespace, name)["spec"]
     # The operator parses what the API server stored and renders it for the router.
     routerconfig.render(api.StaticRouteSpec.model_validate(stored), namespace=namespace)
+
+
+def test_a_long_name_is_accepted_with_configmapname(
+    control_plane: ControlPlane, crd: Object, namespace: str
+) -> None:
+    name = "n" * 250
+    control_plane.kubectl(
+        "create", "-n", namespace, "-f", "-", input=_route(name, _spec(configMapName="short"))
+    )
+    stored = _get(control_plane, namespace, name)
+    assert stored["spec"]["configMapName"] == "short"
+    spec = api.StaticRouteSpec.model_validate(stored["spec"])
+    routerconfig.check_config_map_name(name, spec)  # the operator accepts it too
 
 
 def test_many_backends_stay_within_the_size_limit() -> None:
@@ -552,7 +572,7 @@ def test_manager_role_grants_exactly_what_the_operator_uses() -> None:
     assert _rules(roles["manager-role"]) == (
         _expand(api.GROUP, "staticroutes", "list watch")
         | _expand(api.GROUP, "staticroutes/status", "patch")
-        | _expand("", "configmaps", "get list watch create update delete")
+        | _expand("", "configmaps", "get list watch create patch delete")
         | _expand("", "services", "list watch")
         | _expand("discovery.k8s.io", "endpointslices", "list watch")
         | _expand("", "events", "create")

@@ -125,13 +125,18 @@ async def test_drift_is_repaired(kube: Kube, operator: Manager, namespace: str) 
     path = CONFIGMAPS.path(namespace, "r3-config")
     await kube.merge_patch(path, {"data": {"dynamic_config.json": "{}", "extra": "x"}})
 
-    async def restored() -> bool:
+    async def restored(data: dict[str, str]) -> bool:
         cm = await get_cm(kube, namespace, "r3-config")
-        return bool(cm["data"] == {"dynamic_config.json": EXPECTED_BYTES})
+        return bool(cm["data"] == data)
 
-    await wait_for(restored, what="edited ConfigMap restored")
+    # Our key is repaired; a key somebody else added is theirs, and left alone.
+    repaired = {"dynamic_config.json": EXPECTED_BYTES, "extra": "x"}
+    await wait_for(lambda: restored(repaired), what="edited ConfigMap restored")
     await kube.delete(path)
-    await wait_for(restored, what="deleted ConfigMap recreated")
+    await wait_for(
+        lambda: restored({"dynamic_config.json": EXPECTED_BYTES}),
+        what="deleted ConfigMap recreated",
+    )
 
 
 async def test_foreign_configmap_is_never_touched(

@@ -38,6 +38,7 @@ def _loose_crd() -> dict[str, Any]:
     )
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     schema["properties"]["spec"] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    schema.pop("x-kubernetes-validations", None)  # the root rules, as an older CRD had none
     return crd
 
 
@@ -110,6 +111,20 @@ async def test_invalid_spec_keeps_last_good_configmap(
     event = await wait_event(loose_kube, "loose", name, "InvalidSpec")
     assert event["type"] == "Warning"
     assert fragment in event["message"]
+
+
+async def test_a_name_too_long_for_the_default_configmap_is_invalid_spec(
+    loose_kube: Kube, loose_operator: Manager
+) -> None:
+    name = "n" * 250  # "<name>-config" would be 257 characters: no ConfigMap may have it
+    await create_route(loose_kube, staticroute(name, "loose"))
+    route = await wait_condition(loose_kube, "loose", name, "Ready", "False", reason="InvalidSpec")
+    cm_ready = condition(route, "ConfigMapReady")
+    assert cm_ready is not None
+    assert cm_ready["reason"] == "InvalidSpec"
+    assert "set spec.configMapName" in cm_ready["message"]
+    event = await wait_event(loose_kube, "loose", name, "InvalidSpec")
+    assert "set spec.configMapName" in event["message"]
 
 
 async def test_k8s_discovery_is_written_with_the_staticroutes_namespace(

@@ -348,7 +348,7 @@ def test_an_alias_must_name_a_listed_model() -> None:
 
 
 def test_static_only_features_are_refused_with_k8s_discovery() -> None:
-    k8s = {"service_discovery": "k8s", "k8s_port": 8000}
+    k8s: dict[str, Any] = {"service_discovery": "k8s", "k8s_port": 8000}
     assert problems(StaticRouteSpec(**k8s, static_aliases="a:m"), namespace="ns") == (
         "spec.staticAliases has no effect with serviceDiscovery k8s (the router's Kubernetes "
         "discovery has no aliases, so requests for an alias get 404): remove it, or use "
