@@ -14,7 +14,9 @@ separate process (``python -m router_controller``), as a user runs it:
    and the writes meanwhile;
 6. peak RSS with 1,000, 5,000 and 10,000 StaticRoutes in the cache;
 7. the time for a new StaticRoute to become ``ConfigMapReady`` while 1,000 routers
-   hang, against the same with healthy routers.
+   hang, against the same with healthy routers;
+8. and 9. a big cluster around 1,000 StaticRoutes, and 200 namespaces in
+   ``--namespaces`` (:mod:`bench.cluster_scale`, each on control planes of its own).
 
 It prints a table and writes ``bench/results/latest.json`` (plus a time-stamped
 copy). ``--quick`` runs everything at small sizes in a few minutes. The figures
@@ -36,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import procstat, report
+from bench import cluster_scale, procstat, report
 from bench.harness import FULL, QUICK, Sizes
 from bench.scenarios import SCENARIOS, Bench
 from router_controller import envtest
@@ -130,10 +132,11 @@ def write(results: dict[str, Any]) -> Path:
 
 def _scenarios(text: str) -> frozenset[str]:
     names = frozenset(n.strip() for n in text.split(",") if n.strip())
-    unknown = sorted(names - set(SCENARIOS))
+    unknown = sorted(names - set(SCENARIOS) - set(cluster_scale.SCENARIOS))
     if unknown or not names:
         raise argparse.ArgumentTypeError(
-            f"unknown scenario {', '.join(unknown) or text!r}; choose from {', '.join(SCENARIOS)}"
+            f"unknown scenario {', '.join(unknown) or text!r}; "
+            f"choose from {', '.join((*SCENARIOS, *cluster_scale.SCENARIOS))}"
         )
     return names
 
@@ -148,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         type=_scenarios,
         default=None,
         metavar="NAME,...",
-        help=f"run only these scenarios (of: {', '.join(SCENARIOS)})",
+        help=f"run only these scenarios (of: {', '.join((*SCENARIOS, *cluster_scale.SCENARIOS))})",
     )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
@@ -178,9 +181,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         binaries = envtest.find_binaries()
         results["machine"]["control_plane"] = envtest.versions(binaries)
-        with envtest.running() as plane:
-            install_crds(plane)
-            asyncio.run(measure(plane, sizes, workdir, results, args.only))
+        main_only = args.only - set(cluster_scale.SCENARIOS) if args.only else None
+        if main_only is None or main_only:
+            with envtest.running() as plane:
+                install_crds(plane)
+                asyncio.run(measure(plane, sizes, workdir, results, main_only))
+        scale_only = args.only & set(cluster_scale.SCENARIOS) if args.only else None
+        if scale_only is None or scale_only:
+            cluster_scale.run(
+                sizes, workdir, results, Progress(), quick=args.quick, only=scale_only
+            )
         ok = True
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -189,10 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         results["seconds"] = round(time.monotonic() - started, 1)
         results["complete"] = ok
-        results["targets"] = report.targets(results)
+        results["targets"] = report.targets(results) + cluster_scale.targets(results)
         path = write(results)
         print()
         print(report.render(results))
+        print(cluster_scale.render(results))
         print(f"\n{'all' if ok else 'INCOMPLETE:'} figures in {path} ({results['seconds']:.0f} s)")
         if ok:
             shutil.rmtree(workdir, ignore_errors=True)
