@@ -61,6 +61,10 @@ controlplane-report: venv controlplane ## Print the control plane's versions and
 	fi
 	$(PY) -m router_controller.envtest --print-only
 
+.PHONY: helm
+helm: ## Build (once per machine, cached) the Helm command the chart tests use; HELM=/path/to/helm skips it.
+	bash hack/build-helm.sh
+
 .PHONY: cluster
 cluster: venv controlplane ## Start a local control plane and print its kubeconfig; Ctrl-C stops it.
 	$(PY) -m router_controller.envtest
@@ -77,7 +81,7 @@ lint: venv ## ruff check, ruff format --check, mypy (strict).
 	$(VENV)/bin/mypy
 
 .PHONY: test
-test: venv controlplane ## Run every test (unit and on a real control plane).
+test: venv controlplane helm ## Run every test (unit and on a real control plane).
 	$(NEED_KUBECTL)
 	$(VENV)/bin/pytest
 
@@ -107,6 +111,10 @@ build-installer: ## Write dist/install.yaml: the CRD and everything of config/de
 	KUBECTL=$(KUBECTL) bash hack/render-default.sh $(IMG) > dist/install.yaml.tmp
 	mv dist/install.yaml.tmp dist/install.yaml
 	@echo "wrote dist/install.yaml (image $(IMG)); install it with: kubectl apply -f dist/install.yaml"
+
+.PHONY: helm-chart
+helm-chart: venv ## Regenerate the Helm chart in dist/chart from config/ (CRD, RBAC, Deployment defaults, alerts, dashboard).
+	$(PY) hack/helm_chart.py
 
 ##@ Deployment
 

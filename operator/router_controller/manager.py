@@ -153,6 +153,7 @@ class Manager:
             recorder=self.recorder,
             now=_utcnow,
             health=self.prober,
+            metrics=self.metrics,
         )
         self.controller = Controller(
             name=CONTROLLER,

@@ -4,8 +4,9 @@ Users run this operator next to Go operators and already have dashboards and
 alerts on ``controller_runtime_*``, ``workqueue_*``, ``rest_client_requests_total``
 and ``leader_election_master_status``; the names, labels and buckets here are the
 ones controller-runtime registers, so those keep working. Router probe metrics are
-our own (``router_controller_probe_*``), with label sets bounded by the number of
-StaticRoutes, never by endpoints.
+our own (``router_controller_probe_*``, and ``router_controller_staticroute_condition``
+for alerts on StaticRoutes that stay not Ready), with label sets bounded by the number
+of StaticRoutes, never by endpoints.
 
 One :class:`Metrics` object owns one registry; it is passed in wherever something
 is counted, so tests get a fresh one each.
@@ -18,6 +19,9 @@ does not: that is switched off, so a scrape holds the series controller-runtime'
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -41,6 +45,7 @@ _PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 30, 60)
 
 RESULTS = ("success", "error", "requeue", "requeue_after")
+CONDITION_STATUSES = ("True", "False", "Unknown")
 
 
 class Metrics:
@@ -178,6 +183,34 @@ class Metrics:
             ["namespace", "staticroute"],
             registry=r,
         )
+        self.staticroute_condition = Gauge(
+            "router_controller_staticroute_condition",
+            "The status of each condition of a StaticRoute, as last written: 1 for the "
+            "condition's status (True, False or Unknown), 0 for the other two",
+            ["namespace", "staticroute", "type", "status"],
+            registry=r,
+        )
+        # The metrics endpoint's own defences (server.py, metricsauth.py).
+        self.metrics_connections_rejected = Counter(
+            "router_controller_metrics_connections_rejected",
+            "Connections to the metrics port closed early, by reason: limit (refused, every "
+            "slot busy), evicted (made room for a newer one), handshake (TLS failed or timed out)",
+            ["reason"],
+            registry=r,
+        )
+        self.metrics_auth_reviews = Counter(
+            "router_controller_metrics_auth_reviews",
+            "Token reviews made for /metrics callers, by result (allowed, unauthenticated, "
+            "forbidden, error)",
+            ["result"],
+            registry=r,
+        )
+        self.metrics_auth_throttled = Counter(
+            "router_controller_metrics_auth_throttled",
+            "Requests for /metrics answered 429 because an unknown token found no review permit",
+            registry=r,
+        )
+        self._condition_types: dict[tuple[str, str], set[str]] = {}
         self.probe_lateness = Histogram(
             "router_controller_probe_lateness_seconds",
             "How late router probes start, per namespace: actual start minus scheduled start",
@@ -232,12 +265,41 @@ class Metrics:
         ):
             metric.labels(controller, controller)
 
+    def staticroute_conditions(
+        self, namespace: str, name: str, conditions: Iterable[Mapping[str, Any]]
+    ) -> None:
+        """Export a StaticRoute's conditions, as kube-state-metrics exports a Node's.
+
+        Each condition type gets one series per possible status, 1 for the current one
+        and 0 for the others, so an alert can say ``status!="True"`` and a dashboard can
+        count StaticRoutes per status. A type no longer in the status loses its series.
+        """
+        key = (namespace, name)
+        types: set[str] = set()
+        for condition in conditions:
+            type_ = str(condition.get("type") or "")
+            if not type_:
+                continue
+            types.add(type_)
+            current = str(condition.get("status"))
+            for status in CONDITION_STATUSES:
+                self.staticroute_condition.labels(namespace, name, type_, status).set(
+                    1 if status == current else 0
+                )
+        for gone in self._condition_types.get(key, set()) - types:
+            for status in CONDITION_STATUSES:
+                _remove(self.staticroute_condition, namespace, name, gone, status)
+        self._condition_types[key] = types
+
     def forget_staticroute(self, namespace: str, name: str) -> None:
-        """Drop the probe series of a deleted StaticRoute so label sets stay bounded."""
+        """Drop the series of a deleted StaticRoute so label sets stay bounded."""
         for result in ("healthy", "unhealthy", "stale"):
             _remove(self.probe_total, namespace, name, result)
         _remove(self.probe_duration, namespace, name)
         _remove(self.routers_unhealthy, namespace, name)
+        for type_ in self._condition_types.pop((namespace, name), set()):
+            for status in CONDITION_STATUSES:
+                _remove(self.staticroute_condition, namespace, name, type_, status)
 
 
 def _remove(metric: Counter | Gauge | Histogram, *labels: str) -> None:

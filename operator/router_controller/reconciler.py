@@ -80,6 +80,7 @@ from router_controller.kube import (
     Resource,
     TooManyRequests,
 )
+from router_controller.metrics import Metrics
 from router_controller.routerconfig import (
     InvalidSpecError,
     RenderedConfig,
@@ -166,6 +167,7 @@ class StaticRouteReconciler:
         recorder: EventRecorder,
         now: Callable[[], datetime.datetime],
         health: RouterHealth | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._kube = kube
         self._routes = routes
@@ -173,6 +175,7 @@ class StaticRouteReconciler:
         self._recorder = recorder
         self._now = now
         self._health = health
+        self._metrics = metrics
 
     async def reconcile(self, namespace: str, name: str) -> Result:
         route = self._routes.get(namespace, name)
@@ -433,6 +436,10 @@ class StaticRouteReconciler:
         new["conditions"] = cond.merge(
             current.get("conditions"), desired, cond.rfc3339(self._now())
         )
+        if self._metrics is not None:  # also when unchanged: a restarted operator exports it
+            self._metrics.staticroute_conditions(
+                route["metadata"]["namespace"], route["metadata"]["name"], new["conditions"]
+            )
         if _same_status(current, new):
             return
         meta = route["metadata"]
