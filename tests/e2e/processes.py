@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shutil
 import signal
 import subprocess
 import uuid
@@ -22,12 +23,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import pytest
 import yaml
 
-from router_controller.envtest import ControlPlane
+from router_controller.envtest import ControlPlane, free_port
 from tests.e2e.support import REPO, operator_command, wait_for
 
 # Lines that would show a task or a session left behind at exit.
@@ -296,3 +298,69 @@ async def http_status(url: str, *, token: str | None = None) -> int:
         return (await http_get(url, token=token))[0]
     except (aiohttp.ClientError, TimeoutError):
         return 0
+
+
+# -- Prometheus -------------------------------------------------------------------------
+
+PROMETHEUS = shutil.which("prometheus")
+
+
+@dataclass
+class Prometheus:
+    """A real Prometheus (Debian's ``prometheus``) scraping one target; its query API."""
+
+    api: str
+
+    async def query(self, promql: str) -> list[dict[str, Any]]:
+        status, text = await http_get(f"{self.api}/api/v1/query?{urlencode({'query': promql})}")
+        assert status == 200, text
+        body = json.loads(text)
+        assert body["status"] == "success", body
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+
+async def start_prometheus(
+    background: Background,
+    folder: Path,
+    *,
+    job: str,
+    target: str,
+    token: str,
+    interval: str = "1s",
+) -> Prometheus:
+    """Scrape ``https://<target>/metrics`` with a bearer token; return once it is ready."""
+    assert PROMETHEUS is not None
+    token_file = folder / "prometheus-token"
+    token_file.write_text(token)
+    config = {
+        "global": {"scrape_interval": interval, "scrape_timeout": interval},
+        "scrape_configs": [
+            {
+                "job_name": job,
+                "scheme": "https",
+                "tls_config": {"insecure_skip_verify": True},
+                "authorization": {"type": "Bearer", "credentials_file": str(token_file)},
+                "static_configs": [{"targets": [target]}],
+            }
+        ],
+    }
+    (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    api = f"http://127.0.0.1:{port}"
+    process = background(
+        "prometheus",
+        PROMETHEUS,
+        f"--config.file={folder / 'prometheus.yml'}",
+        f"--storage.tsdb.path={folder / 'prometheus-data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    )
+
+    async def ready() -> bool:
+        if process.poll() is not None:
+            output = (folder / "prometheus.log").read_text(errors="replace")
+            raise AssertionError(f"prometheus exited:\n{output}")
+        return await http_status(f"{api}/-/ready") == 200
+
+    await wait_for(ready, timeout=120, what="prometheus ready")
+    return Prometheus(api)
