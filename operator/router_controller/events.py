@@ -6,11 +6,13 @@ bounded buffer and returns; sender tasks (:meth:`EventRecorder.start`) create it
 Two rules keep Events from competing with the writes that converge StaticRoutes:
 
 - **Low priority.** While the reconcile work queue is busy (``busy()``: keys waiting or
-  in flight), Events go out only as a small token bucket allows (:data:`BUSY_RATE` per
-  second, burst :data:`BUSY_BURST`); once it is idle they are sent at once by
-  :data:`SENDERS` concurrent senders. During a burst of new StaticRoutes a user sees
-  the ConfigMaps and statuses first, and ``kubectl describe`` shows the Events a few
-  seconds later; otherwise they appear at once.
+  in flight), Events wait; once it is idle they are sent at once by :data:`SENDERS`
+  concurrent senders. So that a queue that never goes idle cannot hold them back for
+  ever, an Event that has waited :data:`BUSY_MAX_WAIT` seconds goes out anyway, as a
+  small token bucket allows (:data:`BUSY_RATE` per second, burst :data:`BUSY_BURST`).
+  During a burst of new StaticRoutes a user sees the ConfigMaps and statuses first,
+  and ``kubectl describe`` shows the Events a few seconds later; otherwise they
+  appear at once.
 - **Correlation**, as client-go's ``EventCorrelator`` does: an Event identical to one
   still waiting (same object, type, reason and message) only raises its ``count``; one
   identical to an Event already sent is a patch of that Event's ``count`` and
@@ -49,7 +51,8 @@ from router_controller.metrics import Metrics
 COMPONENT = "router-controller"
 MAX_BUFFER = 5000  # Events waiting to be sent; more are dropped (and counted)
 SENDERS = 4  # concurrent Event creates while the work queue is idle
-BUSY_RATE = 2.0  # Events per second while the work queue is busy
+BUSY_MAX_WAIT = 30.0  # seconds an Event waits for an idle work queue, at most
+BUSY_RATE = 2.0  # Events per second that have waited that long, while the queue is busy
 BUSY_BURST = 5.0
 IDLE_RECHECK = 0.25  # seconds between looks at whether a busy work queue went idle
 SPAM_BURST = 25.0  # client-go's defaultSpamBurst
@@ -105,6 +108,7 @@ class _Pending:
     count: int
     first: str
     last: str
+    queued_at: float  # on the recorder's monotonic clock
 
 
 @dataclass
@@ -186,7 +190,7 @@ class EventRecorder:
             "uid": meta.get("uid"),
             "resourceVersion": meta.get("resourceVersion"),
         }
-        buffer.pending[key] = _Pending(involved, 1, stamp, stamp)
+        buffer.pending[key] = _Pending(involved, 1, stamp, stamp, self._clock())
         self._metrics.events_pending.set(len(buffer.pending))
         self._empty.clear()
         self._wake.set()
@@ -238,9 +242,15 @@ class EventRecorder:
 
     def _next_delay(self) -> float | None:
         """None: send one now; 0: wait for a record(); > 0: wait that long, then look again."""
-        if not self._buffer.pending:
+        pending = self._buffer.pending
+        if not pending:
             return 0.0
-        if self._draining or not self._busy() or self._busy_bucket.take():
+        if self._draining or not self._busy():
+            return None
+        waited = self._clock() - next(iter(pending.values())).queued_at
+        if waited < BUSY_MAX_WAIT:
+            return min(IDLE_RECHECK, BUSY_MAX_WAIT - waited)
+        if self._busy_bucket.take():
             return None
         return min(IDLE_RECHECK, max(self._busy_bucket.wait_time(), 0.01))
 
