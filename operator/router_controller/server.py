@@ -317,6 +317,9 @@ class ConnectionGate:
                 await asyncio.sleep(_ACCEPT_RETRY_DELAY)  # until descriptors are freed
                 continue
             self._admit(sock)
+            # An accept that finds a connection waiting does not yield: let the rest of
+            # the operator run between two, however fast connections arrive.
+            await asyncio.sleep(0)
 
     def _admit(self, sock: socket.socket) -> None:
         self._connections = [c for c in self._connections if not c.closed]

@@ -23,6 +23,7 @@ import datetime
 import math
 import resource
 import secrets
+import signal
 import time
 import uuid
 from collections import Counter
@@ -43,6 +44,7 @@ from router_controller.server import TLS_HANDSHAKE_TIMEOUT
 from tests.conftest import install_crds
 from tests.e2e.processes import (
     PROMETHEUS,
+    SHUTDOWN_LEAKS,
     Background,
     Grants,
     OperatorProcess,
@@ -149,6 +151,7 @@ async def closed_by_server(stream: Stream, *, timeout: float) -> bool:
 async def bogus_requests(url: str, count: int) -> Counter[str]:
     """``count`` GETs, each with a new random token; outcome counts by status."""
     outcomes: Counter[str] = Counter()
+    slots = asyncio.Semaphore(CONCURRENCY)  # the timeout below starts once a slot is free
     connector = aiohttp.TCPConnector(ssl=False, limit=CONCURRENCY)
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -156,7 +159,7 @@ async def bogus_requests(url: str, count: int) -> Counter[str]:
         async def one() -> None:
             headers = {"Authorization": f"Bearer {secrets.token_urlsafe(32)}"}
             try:
-                async with session.get(url, headers=headers) as response:
+                async with slots, session.get(url, headers=headers) as response:
                     await response.read()
                     outcomes[str(response.status)] += 1
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as err:
@@ -284,6 +287,15 @@ async def test_strangers_on_the_metrics_port_cannot_hurt_the_operator(
         await wait_for(renewed, timeout=30, what="a renewal after the attack")
         assert process.find("lost leadership") is None
         assert _parse(after["renewTime"]) > _parse(before_lease["renewTime"])
+
+        # And it still stops cleanly, with connections from strangers around.
+        stragglers = await open_idle(port, 10)
+        process.signal(signal.SIGTERM)
+        assert await process.exit_code(timeout=60) == 0
+        for leak in SHUTDOWN_LEAKS:
+            assert leak not in process.output, f"{leak!r} in the operator's output"
+        for _, writer in stragglers:
+            writer.close()
     finally:
         if process is not None:
             process.kill()

@@ -199,6 +199,17 @@ async def test_a_connection_that_never_handshakes_is_closed(
     assert rejected(metrics, "handshake") == 1
 
 
+async def test_a_client_that_does_not_speak_tls_is_closed(
+    gate: tuple[ConnectionGate, Metrics],
+) -> None:
+    opened, metrics = gate
+    reader, writer = await idle(opened.port)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: plain\r\n\r\n")
+    assert await closed_by_server((reader, writer))
+    assert rejected(metrics, "handshake") == 1
+    assert Echo.made == []
+
+
 async def test_when_full_the_oldest_handshake_makes_room(
     gate: tuple[ConnectionGate, Metrics],
 ) -> None:
