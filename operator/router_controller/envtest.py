@@ -140,6 +140,7 @@ def _serving_cert(folder: Path) -> None:
         .sign(ca_key, hashes.SHA256())
     )
     (folder / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    _write_pem_key(folder / "ca.key", ca_key)  # tests sign client certificates with it
     (folder / "apiserver.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     _write_pem_key(folder / "apiserver.key", key)
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -185,6 +186,9 @@ class ControlPlane:
     # Where Services get their cluster IPs. A loopback range lets a Service's cluster IP
     # be a server on this machine (EndpointSlices refuse loopback addresses).
     service_cidr: str = "10.0.0.0/24"
+    # Appended to kube-apiserver's flags (a later flag wins), e.g. to turn API
+    # Priority and Fairness on for a throttling test.
+    apiserver_flags: tuple[str, ...] = ()
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -252,6 +256,7 @@ class ControlPlane:
                 "--enable-priority-and-fairness=false",
                 "--max-requests-inflight=1000",
                 "--max-mutating-requests-inflight=500",
+                *self.apiserver_flags,
             ],
         )
         self._wait(f"{self.server}/readyz", timeout, name="kube-apiserver", auth=True)
@@ -428,12 +433,18 @@ def running(
     controller_manager: bool = True,
     workdir: Path | None = None,
     service_cidr: str = "10.0.0.0/24",
+    apiserver_flags: tuple[str, ...] = (),
 ) -> Iterator[ControlPlane]:
     """Start a control plane in a temporary folder; stop it and remove the folder on exit."""
     binaries = find_binaries()
     own_dir = workdir is None
     folder = workdir or Path(tempfile.mkdtemp(prefix="envtest-"))
-    plane = ControlPlane(workdir=folder, binaries=binaries, service_cidr=service_cidr)
+    plane = ControlPlane(
+        workdir=folder,
+        binaries=binaries,
+        service_cidr=service_cidr,
+        apiserver_flags=apiserver_flags,
+    )
     try:
         plane.start(controller_manager=controller_manager)
         yield plane

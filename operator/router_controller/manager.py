@@ -164,8 +164,10 @@ class Manager:
         )
         self.elector: LeaderElector | None = None
         if self.settings.leader_election.enabled:
+            # A client of its own: the renewal never waits for a connection behind
+            # other traffic, and the global retry cap never takes its retries.
             self.elector = LeaderElector(
-                kube=self.kube,
+                kube=self.kube.client("leader-election", connections=2, capped=False),
                 settings=self.settings.leader_election,
                 namespace=lease_namespace(self.settings),
                 identity=self.identity,
@@ -176,10 +178,12 @@ class Manager:
             settings=self.settings.serving,
             metrics=self.metrics,
             checks=Checks(
-                health={"ping": lambda: True},
-                ready={"informers": self._ready},
+                health={"ping": lambda: True, "credentials": self.kube.auth.alive},
+                ready={"informers": self._ready, "credentials": self.kube.auth.ready},
             ),
-            kube=self.kube,
+            # Reviews of scrapers' tokens: a pool of their own, so scrapes never wait
+            # behind reconcile traffic, nor it behind them.
+            kube=self.kube.client("metrics-auth", connections=4),
         )
 
     # -- event mapping -----------------------------------------------------------------

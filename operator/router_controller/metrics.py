@@ -164,6 +164,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.rest_retries = Counter(
+            "rest_client_request_retries",
+            "Number of request retries, partitioned by status code, method, and host.",
+            ["code", "method", "host"],
+            registry=r,
+        )
         self.probe_total = Counter(
             "router_controller_probe",
             "Router /health probes per StaticRoute and result (healthy, unhealthy, stale)",

@@ -586,7 +586,8 @@ async def test_readyz_waits_for_the_caches_and_healthz_answers_meanwhile(
     assert status == 503
     assert "[-]informers failed" in body
     assert body.endswith("readyz check failed\n")
-    assert (await http_get(f"{healthz}?verbose"))[1] == "[+]ping ok\nhealthz check passed\n"
+    verbose = "[+]ping ok\n[+]credentials ok\nhealthz check passed\n"
+    assert (await http_get(f"{healthz}?verbose"))[1] == verbose
 
     grants.bind_cluster_role(namespace, account, "manager-role")
     await wait_for(lambda: answers(readyz, 200), timeout=120, what="ready once the caches sync")
