@@ -1,28 +1,42 @@
 """Command line -> Settings; logging; run the manager; exit codes.
 
-Flag names are kubebuilder's (``--metrics-bind-address``, ``--health-probe-bind-address``,
-``--leader-elect``, ``--metrics-secure``, ``--enable-http2``, ``--metrics-cert-path``,
-``--zap-log-level``, ``--zap-encoder``), so a Deployment written for the Go
-controller runs this one unchanged. Exit codes: 0 after a graceful stop, 1 when
-the lease was lost or the operator failed, 2 for bad flags.
+Every flag the Go controller's ``cmd/main.go`` binds is accepted with its meaning, so a
+Deployment written for it runs this one unchanged: kubebuilder's (``--metrics-bind-address``,
+``--health-probe-bind-address``, ``--leader-elect``, ``--metrics-secure``,
+``--enable-http2``, ``--metrics-cert-*``, ``--webhook-cert-*``), controller-runtime's
+``--kubeconfig`` and its zap flags (``--zap-devel``, ``--zap-encoder``, ``--zap-log-level``
+with numeric levels, ``--zap-stacktrace-level``, ``--zap-time-encoding``), in Go's syntax
+too (``-flag=value``, one dash). Flags with nothing to act on here (no webhooks, no HTTP/2)
+are logged as unused at start-up, never refused.
+
+Log field names: structlog's by default, zap's when a zap flag chose the format
+(``--zap-encoder=json``, ``--zap-devel=false``). The Go scaffold's own default is
+development mode, console lines, so a pipeline that parses the Go controller's JSON was
+set up with one of those flags, and it gets zap's names here; the default stays what
+this project's manifests, tests and docs read (``event``, ``timestamp``).
+
+``check`` and ``render`` (the first argument) run the offline commands of
+:mod:`router_controller.check` instead. Exit codes: 0 after a graceful stop, 1 when the
+lease was lost or the operator failed, 2 for bad flags.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import math
 import os
 import platform
 import re
 import signal
 import sys
+from collections.abc import Callable
 
 import structlog
 from pydantic import ValidationError
 
 from router_controller import __version__
+from router_controller.logs import configure_logging
 from router_controller.settings import LeaderElection, Logging, Serving, Settings, parse_bind
 
 
@@ -119,7 +133,8 @@ def parser() -> argparse.ArgumentParser:
         const=True,
         default=False,
         metavar="BOOL",
-        help="accepted for compatibility; HTTP/2 is never served (default false)",
+        help="accepted for the Go controller's manifests; HTTP/2 is never served, so true "
+        "has no effect (logged as unused); default false",
     )
     add(
         "--leader-elect",
@@ -183,34 +198,167 @@ def parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="how long in-flight reconciles may take after SIGTERM (default 15s)",
     )
+    for name, default in (("path", ""), ("name", "tls.crt"), ("key", "tls.key")):
+        add(
+            f"--webhook-cert-{name}",
+            default=None,
+            metavar="PATH" if name == "path" else "FILE",
+            help=f"accepted for the Go controller's manifests (default {default!r}); this "
+            "operator serves no webhooks, so it has no effect (logged as unused)",
+        )
+    # controller-runtime's zap flags (pkg/log/zap BindFlags), with the same values.
+    add(
+        "--zap-devel",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="BOOL",
+        help="development defaults: console encoder, debug level, stack traces from warn; "
+        "=false: production defaults (zap's JSON, info, stack traces from error). Default: "
+        "production, but JSON with structlog's field names (event, timestamp)",
+    )
+    add(
+        "--zap-encoder",
+        dest="encoder",
+        type=_encoder("zap"),
+        default=None,
+        metavar="{json,console}",
+        help="json: zap's JSON, with its field names (level, ts, logger, msg, stacktrace), "
+        "as the Go controller writes it; console: for people",
+    )
+    add(
+        "--log-format",
+        dest="encoder",
+        type=_encoder("structlog"),
+        metavar="{json,console}",
+        help="json (the default): structlog's field names (event, level, timestamp, logger)",
+    )
     add(
         "--zap-log-level",
         "--log-level",
         dest="log_level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="log level (default info)",
+        type=_level,
+        default=None,
+        metavar="LEVEL",
+        help="debug, info, error, or an integer > 0 (zap's V-levels; all are debug here); "
+        "warning is accepted too. Default info (debug with --zap-devel)",
     )
     add(
-        "--zap-encoder",
-        "--log-format",
-        dest="log_format",
-        default="json",
-        choices=["json", "console"],
-        help="log format (default json)",
+        "--zap-stacktrace-level",
+        type=_choice("stacktrace level", ("info", "error", "panic")),
+        default=None,
+        metavar="LEVEL",
+        help="info, error or panic: records at or above it carry a stack trace "
+        "(default error; warn with --zap-devel)",
     )
     add(
-        "--zap-devel",
-        action="store_const",
-        const="console",
-        dest="log_format",
-        help="console logs (same as --zap-encoder=console)",
+        "--zap-time-encoding",
+        type=_choice("time encoding", TIME_ENCODINGS),
+        default=None,
+        metavar="ENCODING",
+        help=f"{', '.join(TIME_ENCODINGS)} (default rfc3339 with zap's field names, "
+        "else ISO 8601 with microseconds)",
     )
     return p
 
 
+TIME_ENCODINGS = ("rfc3339nano", "rfc3339", "iso8601", "millis", "nanos", "epoch")
+
+
+def _choice(what: str, values: tuple[str, ...]) -> Callable[[str], str]:
+    """A value out of ``values``, case-insensitive as controller-runtime's flags are."""
+
+    def parse(value: str) -> str:
+        if value.lower() not in values:
+            raise argparse.ArgumentTypeError(
+                f"invalid {what} {value!r}: use one of {', '.join(values)}"
+            )
+        return value.lower()
+
+    return parse
+
+
+def _encoder(keys: str) -> Callable[[str], tuple[str, str]]:
+    names = _choice("encoder", ("json", "console"))
+    return lambda value: (keys, names(value))
+
+
+def _level(value: str) -> str:
+    """zap-log-level: debug, info, error, or N > 0 (logr's V(N), finer than debug)."""
+    lowered = value.lower()
+    if lowered in ("debug", "info", "error"):
+        return lowered
+    if lowered in ("warn", "warning"):
+        return "warning"
+    if value.isdigit() and int(value) > 0:
+        return "debug"
+    raise argparse.ArgumentTypeError(
+        f"invalid log level {value!r}: use debug, info, error or an integer > 0"
+    )
+
+
+def _go_style(argv: list[str], p: argparse.ArgumentParser) -> list[str]:
+    """Go's flag syntax: ``-flag``, ``-flag=value`` and ``-flag value`` mean ``--flag...``."""
+    known = p._option_string_actions  # the parser's own table of option strings
+    out: list[str] = []
+    takes_value = False
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return out + argv[i:]
+        if takes_value:  # this is the previous flag's value, whatever it looks like
+            out.append(arg)
+            takes_value = False
+            continue
+        name, eq, _ = arg.partition("=")
+        single_dash = len(name) > 2 and name.startswith("-") and not name.startswith("--")
+        if single_dash and f"-{name}" in known:
+            arg, name = f"-{arg}", f"-{name}"
+        action = known.get(name)
+        takes_value = bool(action and not eq and action.nargs is None and action.type != _bool)
+        out.append(arg)
+    return out
+
+
+def parse(argv: list[str] | None) -> tuple[Settings, list[tuple[str, str]]]:
+    """Settings from the command line, and the flags given that have no effect here."""
+    p = parser()
+    args = p.parse_args(_go_style(sys.argv[1:] if argv is None else argv, p))
+    unused = [
+        (f"--webhook-cert-{name}", "this operator serves no webhooks")
+        for name in ("path", "name", "key")
+        if getattr(args, f"webhook_cert_{name}") is not None
+    ]
+    if args.enable_http2:
+        unused.append(("--enable-http2", "the metrics endpoint serves HTTP/1.1 only"))
+    return _settings(args), unused
+
+
 def settings_from(argv: list[str] | None) -> Settings:
-    args = parser().parse_args(argv)
+    return parse(argv)[0]
+
+
+def _logging(args: argparse.Namespace) -> Logging:
+    """controller-runtime's rule: --zap-devel picks defaults, explicit flags win over them."""
+    devel: bool | None = args.zap_devel
+    if args.encoder is not None:
+        keys, format_ = args.encoder
+    elif devel is None:
+        keys, format_ = "structlog", "json"
+    else:
+        keys, format_ = "zap", "console" if devel else "json"
+    return Logging(
+        level=args.log_level or ("debug" if devel else "info"),
+        format=format_,
+        keys=keys,
+        # Unless a zap flag chose the format, only exceptions carry a trace (their own).
+        stacktrace_level=args.zap_stacktrace_level
+        or ("warning" if devel else "error" if keys == "zap" else None),
+        time_encoding=args.zap_time_encoding,
+    )
+
+
+def _settings(args: argparse.Namespace) -> Settings:
     namespaces = tuple(n.strip() for n in args.namespaces.split(",") if n.strip())
     return Settings(
         kubeconfig=args.kubeconfig,
@@ -236,50 +384,8 @@ def settings_from(argv: list[str] | None) -> Settings:
             health_probe_bind_address=args.health_probe_bind_address,
             enable_http2=args.enable_http2,
         ),
-        logging=Logging(level=args.log_level, format=args.log_format),
+        logging=_logging(args),
     )
-
-
-def configure_logging(settings: Logging) -> None:
-    """structlog to stderr; the standard library's loggers (asyncio, aiohttp) rendered alike."""
-    level = getattr(logging, settings.level.upper())
-    renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer()
-        if settings.format == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    )
-    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            timestamper,
-            structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
-    )
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[
-                structlog.stdlib.add_log_level,
-                structlog.stdlib.add_logger_name,
-                timestamper,
-            ],
-            processors=[
-                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.format_exc_info,
-                renderer,
-            ],
-        )
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
 
 
 class NoClusterConfig(Exception):
@@ -326,12 +432,15 @@ def main(argv: list[str] | None = None) -> int:
 
         return check.check_main(args[1:]) if args[0] == "check" else check.render_main(args[1:])
     try:
-        settings = settings_from(argv)
+        settings, unused = parse(args)
     except ValidationError as err:
         print(f"router-controller: invalid flags: {err}", file=sys.stderr)
         return 2
     configure_logging(settings.logging)
     log = structlog.get_logger("main")
+    log.debug("settings", **settings.model_dump(mode="json"))
+    for flag, reason in unused:
+        log.info("flag has no effect", flag=flag, reason=reason)
     try:
         code = asyncio.run(_run(settings))
     except NoClusterConfig as err:

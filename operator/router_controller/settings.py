@@ -70,6 +70,16 @@ class Serving(_Frozen):
 class Logging(_Frozen):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
+    # JSON field names: structlog's (event, timestamp) or zap's (msg, ts), see cli.py.
+    keys: Literal["structlog", "zap"] = "structlog"
+    # Records at or above this level carry a stack trace ("panic": only critical ones);
+    # None: only records of an exception, with its traceback.
+    stacktrace_level: Literal["info", "warning", "error", "panic"] | None = None
+    # zap's time encodings; None: ISO 8601 with microseconds (structlog keys) or
+    # RFC 3339 (zap keys), controller-runtime's default.
+    time_encoding: (
+        Literal["rfc3339nano", "rfc3339", "iso8601", "millis", "nanos", "epoch"] | None
+    ) = None
 
 
 class Settings(_Frozen):

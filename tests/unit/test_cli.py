@@ -8,15 +8,22 @@ the rest of kubebuilder's flags must parse the way Go's ``flag`` package parses 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
+import re
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
-from router_controller.cli import bind_address, duration, main, settings_from
-from router_controller.settings import parse_bind
+from router_controller.cli import bind_address, duration, main, parser, settings_from
+from router_controller.logs import encode_time
+from router_controller.settings import Settings, parse_bind
 
 # kubebuilder's main.go and zap's flags, and ours.
 KUBEBUILDER_FLAGS = (
@@ -29,9 +36,14 @@ KUBEBUILDER_FLAGS = (
     "--metrics-cert-name",
     "--metrics-cert-key",
     "--kubeconfig",
+    "--webhook-cert-path",
+    "--webhook-cert-name",
+    "--webhook-cert-key",
     "--zap-log-level",
     "--zap-encoder",
     "--zap-devel",
+    "--zap-stacktrace-level",
+    "--zap-time-encoding",
 )
 OUR_FLAGS = (
     "--namespaces",
@@ -218,3 +230,265 @@ def test_missing_cluster_config_is_one_clear_line(tmp_path: Path) -> None:
     assert "cannot load a cluster configuration" in result.stderr
     assert "--kubeconfig=PATH" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- every flag the Go controller binds: accepted, with its meaning -----------------
+#
+# kubebuilder's cmd/main.go binds the first eleven; controller-runtime binds --kubeconfig
+# and, through zap.Options.BindFlags, the five zap flags. Go's flag package also takes
+# them with one dash, and a value after a space for non-boolean flags.
+
+
+def _field(settings: Settings, path: str) -> object:
+    value: object = settings
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+GO_FLAGS: list[tuple[list[str], str, object]] = [
+    (["--metrics-bind-address=:8443"], "serving.metrics_bind_address", ":8443"),
+    (["-metrics-bind-address=:8443"], "serving.metrics_bind_address", ":8443"),
+    (["-metrics-bind-address", ":8080"], "serving.metrics_bind_address", ":8080"),
+    (["--health-probe-bind-address=:9090"], "serving.health_probe_bind_address", ":9090"),
+    (["-health-probe-bind-address=0"], "serving.health_probe_bind_address", "0"),
+    (["--leader-elect"], "leader_election.enabled", True),
+    (["-leader-elect"], "leader_election.enabled", True),
+    (["-leader-elect=false"], "leader_election.enabled", False),
+    (["--metrics-secure=false"], "serving.metrics_secure", False),
+    (["-metrics-secure=F"], "serving.metrics_secure", False),
+    (["--enable-http2"], "serving.enable_http2", True),
+    (["-enable-http2=0"], "serving.enable_http2", False),
+    (["--metrics-cert-path=/certs"], "serving.metrics_cert_path", "/certs"),
+    (["-metrics-cert-name", "cert.pem"], "serving.metrics_cert_name", "cert.pem"),
+    (["-metrics-cert-key=key.pem"], "serving.metrics_cert_key", "key.pem"),
+    (["-kubeconfig", "/etc/k"], "kubeconfig", "/etc/k"),
+    (["--webhook-cert-path=/w"], "serving.metrics_cert_path", None),
+    (["-webhook-cert-name", "w.crt"], "serving.metrics_cert_name", "tls.crt"),
+    (["--webhook-cert-key=w.key"], "serving.metrics_cert_key", "tls.key"),
+    # zap: the value, and --zap-devel's defaults that explicit flags override.
+    (["--zap-devel"], "logging", ("debug", "console", "zap", "warning")),
+    (["-zap-devel=true"], "logging", ("debug", "console", "zap", "warning")),
+    (["--zap-devel=false"], "logging", ("info", "json", "zap", "error")),
+    (["--zap-devel", "--zap-log-level=info"], "logging", ("info", "console", "zap", "warning")),
+    (["--zap-encoder=json", "--zap-devel"], "logging", ("debug", "json", "zap", "warning")),
+    (["--zap-encoder=json"], "logging", ("info", "json", "zap", "error")),
+    (["-zap-encoder", "CONSOLE"], "logging", ("info", "console", "zap", "error")),
+    (["--log-format=console"], "logging", ("info", "console", "structlog", None)),
+    ([], "logging", ("info", "json", "structlog", None)),
+    (["--zap-log-level=debug"], "logging.level", "debug"),
+    (["--zap-log-level=INFO"], "logging.level", "info"),
+    (["-zap-log-level=error"], "logging.level", "error"),
+    (["--zap-log-level=1"], "logging.level", "debug"),
+    (["--zap-log-level=10"], "logging.level", "debug"),
+    (["--zap-stacktrace-level=info"], "logging.stacktrace_level", "info"),
+    (["--zap-stacktrace-level=ERROR"], "logging.stacktrace_level", "error"),
+    (["-zap-stacktrace-level", "panic"], "logging.stacktrace_level", "panic"),
+    *(
+        ([f"--zap-time-encoding={name}"], "logging.time_encoding", name)
+        for name in ("rfc3339nano", "rfc3339", "iso8601", "millis", "nanos", "epoch")
+    ),
+    (["--zap-time-encoding=RFC3339Nano"], "logging.time_encoding", "rfc3339nano"),
+]
+
+
+@pytest.mark.parametrize(("argv", "path", "expected"), GO_FLAGS, ids=lambda v: str(v))
+def test_every_go_flag_parses_with_its_meaning(
+    argv: list[str], path: str, expected: object
+) -> None:
+    settings = settings_from(argv)
+    value = _field(settings, path)
+    if path == "logging":
+        log = settings.logging
+        value = (log.level, log.format, log.keys, log.stacktrace_level)
+    assert value == expected
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--zap-log-level=0"],
+        ["--zap-log-level=-1"],
+        ["--zap-encoder=xml"],
+        ["--zap-stacktrace-level=debug"],
+        ["--zap-time-encoding=unix"],
+        ["--zap-devel=maybe"],
+    ],
+)
+def test_bad_zap_values_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        settings_from(argv)
+    assert exited.value.code == 2
+    assert "router-controller: error: argument --zap-" in capsys.readouterr().err
+
+
+def test_a_double_dash_ends_the_flags_as_in_go() -> None:
+    with pytest.raises(SystemExit):
+        settings_from(["--", "-leader-elect"])  # a positional argument: refused
+
+
+Main = Callable[..., tuple[int, list[str]]]
+
+
+def _no_cluster(tmp_path: Path, *flags: str) -> tuple[int, list[str]]:
+    """Run the operator with ``flags`` and no cluster: it logs and exits 1."""
+    env = {**os.environ, "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "absent")}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "router_controller", f"--kubeconfig={tmp_path / 'absent'}", *flags],
+        capture_output=True, text=True, env=env, check=False, timeout=60,
+    )  # fmt: skip
+    return result.returncode, result.stderr.splitlines()
+
+
+@pytest.fixture
+def run_main(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Iterator[Callable[..., tuple[int, list[str]]]]:
+    """``main(flags)`` in this process with no cluster; the log configuration is restored."""
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+
+    def run(*flags: str) -> tuple[int, list[str]]:
+        capsys.readouterr()
+        code = main([f"--kubeconfig={tmp_path / 'absent'}", *flags])
+        return code, capsys.readouterr().err.splitlines()
+
+    yield run
+    structlog.configure(**saved)
+    root.handlers[:], root.level = handlers, level
+
+
+def _records(lines: list[str]) -> list[dict[str, object]]:
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+def _record(lines: list[str], msg: str) -> dict[str, object]:
+    for record in _records(lines):
+        if msg in (record.get("msg"), record.get("event")):
+            return record
+    raise AssertionError(f"no record {msg!r} in {lines}")
+
+
+def test_zap_json_has_zaps_field_names_and_layout(tmp_path: Path) -> None:
+    code, lines = _no_cluster(tmp_path, "--zap-encoder=json", "-webhook-cert-path=/w")
+    assert code == 1
+    error = _record(lines, "no cluster")
+    assert list(error) == ["level", "ts", "logger", "msg", "error", "stacktrace"]
+    assert (error["level"], error["logger"]) == ("error", "main")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", str(error["ts"]))  # rfc3339
+    raw = next(line for line in lines if '"no cluster"' in line)
+    assert raw.startswith('{"level":"error","ts":"')  # zap's compact separators
+    # The standard library's warnings are zap's "warn", from their own logger.
+    assert any(
+        r["level"] == "warn" and str(r["logger"]).startswith("kubernetes_asyncio")
+        for r in _records(lines)
+    )
+    unused = _record(lines, "flag has no effect")
+    assert (unused["level"], unused["flag"]) == ("info", "--webhook-cert-path")
+
+
+def test_default_json_keeps_structlog_field_names(run_main: Main) -> None:
+    code, lines = run_main()
+    assert code == 1
+    error = _record(lines, "no cluster")
+    assert set(error) == {"event", "level", "logger", "timestamp", "error"}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", str(error["timestamp"]))
+
+
+def test_zap_devel_is_console_at_debug_with_stack_traces(run_main: Main) -> None:
+    code, lines = run_main("--zap-devel")
+    assert code == 1
+    assert not _records(lines)
+    text = "\n".join(lines)
+    assert "settings" in text  # the debug record
+    assert "no cluster" in text
+    assert "Stack (most recent call last)" in text
+
+
+@pytest.mark.parametrize(
+    ("level", "debug", "info"),
+    [("debug", True, True), ("info", False, True), ("error", False, False), ("3", True, True)],
+)
+def test_zap_log_level_filters(run_main: Main, level: str, debug: bool, info: bool) -> None:
+    flags = ("--zap-devel=false", f"--zap-log-level={level}", "--webhook-cert-key=k")
+    code, lines = run_main(*flags)
+    assert code == 1
+    messages = [r["msg"] for r in _records(lines) if r["logger"] == "main"]
+    assert ("settings" in messages) is debug
+    assert ("flag has no effect" in messages) is info
+    assert "no cluster" in messages
+
+
+@pytest.mark.parametrize(
+    ("level", "on_info", "on_error"),
+    [("info", True, True), ("error", False, True), ("panic", False, False)],
+)
+def test_zap_stacktrace_level(run_main: Main, level: str, on_info: bool, on_error: bool) -> None:
+    flags = ("--zap-encoder=json", f"--zap-stacktrace-level={level}", "--webhook-cert-name=n")
+    _, lines = run_main(*flags)
+    assert ("stacktrace" in _record(lines, "flag has no effect")) is on_info
+    assert ("stacktrace" in _record(lines, "no cluster")) is on_error
+
+
+TIME_FORMATS = {
+    "rfc3339": r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ",
+    "rfc3339nano": r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z",
+    "iso8601": r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z",
+}
+
+
+@pytest.mark.parametrize(
+    "encoding", ["rfc3339", "rfc3339nano", "iso8601", "epoch", "millis", "nanos"]
+)
+def test_zap_time_encoding(run_main: Main, encoding: str) -> None:
+    _, lines = run_main("--zap-encoder=json", f"--zap-time-encoding={encoding}")
+    ts = _record(lines, "no cluster")["ts"]
+    now = time.time()
+    if encoding in TIME_FORMATS:
+        assert re.fullmatch(TIME_FORMATS[encoding], str(ts)), ts
+    elif encoding == "nanos":
+        assert isinstance(ts, int)
+        assert abs(ts / 1e9 - now) < 600
+    else:
+        assert isinstance(ts, float)
+        assert abs(ts / (1e3 if encoding == "millis" else 1) - now) < 600
+
+
+def test_time_encodings_are_zaps() -> None:
+    nanos = 1_700_000_000_123_456_789
+    assert encode_time(nanos, "rfc3339") == "2023-11-14T22:13:20Z"
+    assert encode_time(nanos, "rfc3339nano") == "2023-11-14T22:13:20.123456789Z"
+    assert encode_time(1_700_000_000_120_000_000, "rfc3339nano") == "2023-11-14T22:13:20.12Z"
+    assert encode_time(1_700_000_000_000_000_000, "rfc3339nano") == "2023-11-14T22:13:20Z"
+    assert encode_time(nanos, "iso8601") == "2023-11-14T22:13:20.123Z"
+    assert encode_time(nanos, "epoch") == pytest.approx(1_700_000_000.123456789)
+    assert encode_time(nanos, "millis") == pytest.approx(1_700_000_000_123.456789)
+    assert encode_time(nanos, "nanos") == nanos
+    assert encode_time(nanos, None) == "2023-11-14T22:13:20.123457Z"
+
+
+def test_flags_without_meaning_here_are_logged_not_refused(tmp_path: Path) -> None:
+    flags = ("--webhook-cert-path=/w", "-webhook-cert-name=c", "--webhook-cert-key", "k")
+    code, lines = _no_cluster(tmp_path, *flags, "--enable-http2")
+    assert code == 1  # no cluster, never 2
+    unused = {
+        str(r["flag"]): str(r["reason"])
+        for r in _records(lines)
+        if r.get("event") == "flag has no effect"
+    }
+    assert unused == {
+        "--webhook-cert-path": "this operator serves no webhooks",
+        "--webhook-cert-name": "this operator serves no webhooks",
+        "--webhook-cert-key": "this operator serves no webhooks",
+        "--enable-http2": "the metrics endpoint serves HTTP/1.1 only",
+    }
+
+
+def test_help_says_which_flags_have_no_effect() -> None:
+    text = " ".join(parser().format_help().split())
+    assert text.count("serves no webhooks, so it has no effect (logged as unused)") == 3
+    assert "HTTP/2 is never served, so true has no effect (logged as unused)" in text
