@@ -131,6 +131,7 @@ async def test_a_free_new_name_is_written_before_the_old_one_is_deleted(
     assert events.index(("ADDED", "new-name")) < events.index(("DELETED", "old-name")), events
     # The new one held the current spec when it appeared.
     assert config_of(first_new)["static_models"] == "model-a,model-c"
+
     async def current() -> Object | None:
         route = await get_route(kube, namespace, "r")
         status = route.get("status") or {}
@@ -413,3 +414,34 @@ async def test_a_create_over_quota_is_not_called_rbac(
         control_plane.kubectl("delete", "resourcequota", "configmaps", "-n", namespace)
 
     await _refused_then_healed(kube, namespace, "exceeded quota", 403, remove)
+
+
+async def test_a_new_name_whose_create_is_refused_keeps_the_old_configmap(
+    control_plane: ControlPlane, kube: Kube, operator: Manager, namespace: str
+) -> None:
+    await create_route(kube, staticroute("r", namespace, configMapName="mine"))
+    await wait_condition(kube, namespace, "r", "Ready", "True")
+    mine = await get_cm(kube, namespace, "mine")
+    text = "ConfigMaps named blocked-config are refused by the cluster's policy"
+    with deny_policy(control_plane, namespace, "blocked-config", text, None):
+        await wait_for(
+            lambda: refused(kube, namespace, "blocked-config", text), what="the policy in force"
+        )
+        await kube.merge_patch(
+            STATICROUTES.path(namespace, "r"), {"spec": {"configMapName": "blocked-config"}}
+        )
+        route = await wait_condition(
+            kube, namespace, "r", "ConfigMapReady", "False", reason="ApplyFailed"
+        )
+        assert text in condition(route, "ConfigMapReady")["message"]  # type: ignore[index]
+        kept = await get_cm(kube, namespace, "mine")
+        assert kept["metadata"]["resourceVersion"] == mine["metadata"]["resourceVersion"]
+        assert kept["data"] == mine["data"]
+    # Once the policy is gone the retry writes the new one, and only then the old goes.
+    await wait_condition(kube, namespace, "r", "Ready", "True", timeout=120)
+
+    async def old_gone() -> bool:
+        return await try_get_cm(kube, namespace, "mine") is None
+
+    await wait_for(old_gone, what="the old ConfigMap deleted")
+    assert await try_get_cm(kube, namespace, "blocked-config") is not None

@@ -34,7 +34,7 @@ from tests.e2e.support import (
     wait_for,
 )
 
-WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE")
+WRITE_VERBS = ("POST", "PUT", "PATCH", "APPLY", "DELETE")  # APPLY: server-side apply
 OPERATOR_RESOURCES = ("staticroutes", "configmaps", "events")
 
 
