@@ -196,26 +196,6 @@ class Metrics:
             ["namespace", "staticroute", "type", "status"],
             registry=r,
         )
-        # The metrics endpoint's own defences (server.py, metricsauth.py).
-        self.metrics_connections_rejected = Counter(
-            "router_controller_metrics_connections_rejected",
-            "Connections to the metrics port closed early, by reason: limit (refused, every "
-            "slot busy), evicted (made room for a newer one), handshake (TLS failed or timed out)",
-            ["reason"],
-            registry=r,
-        )
-        self.metrics_auth_reviews = Counter(
-            "router_controller_metrics_auth_reviews",
-            "Token reviews made for /metrics callers, by result (allowed, unauthenticated, "
-            "forbidden, error)",
-            ["result"],
-            registry=r,
-        )
-        self.metrics_auth_throttled = Counter(
-            "router_controller_metrics_auth_throttled",
-            "Requests for /metrics answered 429 because an unknown token found no review permit",
-            registry=r,
-        )
         self._condition_types: dict[tuple[str, str], set[str]] = {}
         self.probe_lateness = Histogram(
             "router_controller_probe_lateness_seconds",
