@@ -61,7 +61,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import errno
 import ipaddress
 import os
 import socket
@@ -309,12 +308,14 @@ class ConnectionGate:
             try:
                 sock, _ = await loop.sock_accept(self._listener)
             except (ConnectionAbortedError, InterruptedError):
-                continue
+                continue  # the client gave up before we accepted
             except OSError as err:
-                if err.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    raise
+                if self._listener.fileno() == -1:
+                    return  # closed under us: shutting down
+                # Out of descriptors (EMFILE, ENFILE) or kernel memory: as asyncio's own
+                # server does, wait for some to be freed instead of spinning.
                 log.warning("metrics port cannot accept", error=str(err))
-                await asyncio.sleep(_ACCEPT_RETRY_DELAY)  # until descriptors are freed
+                await asyncio.sleep(_ACCEPT_RETRY_DELAY)
                 continue
             self._admit(sock)
             # An accept that finds a connection waiting does not yield: let the rest of
