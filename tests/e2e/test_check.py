@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from router_controller import api
+from router_controller.check import check_main
 from router_controller.envtest import ControlPlane
 from router_controller.kube import Kube
 from router_controller.manager import Manager
@@ -37,11 +38,10 @@ CASES = [(case.id, case.name, case.spec) for case in INVALID] + [
 FAST = {"periodSeconds": 1, "timeoutSeconds": 1, "successThreshold": 1, "failureThreshold": 1}
 
 
-def check(text: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "router_controller", "check", "-f", "-", *args],
-        input=text, capture_output=True, text=True, check=False, timeout=60,
-    )  # fmt: skip
+def check(text: str, *args: str) -> tuple[int, str]:
+    out = io.StringIO()
+    code = check_main(["-f", "-", *args], stdin=io.StringIO(text), stdout=out, stderr=out)
+    return code, out.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +64,10 @@ def test_check_and_the_api_server_agree(
     server = control_plane.kubectl(
         "create", "--dry-run=server", "-n", dry_run_namespace, "-f", "-", input=text, check=False
     )
-    offline = check(text, "-n", dry_run_namespace)
-    assert offline.returncode in (0, 1), offline.stderr
-    assert (offline.returncode == 0) == (server.returncode == 0), (
-        f"{case_id}: the API server said {server.stderr or server.stdout!r}; "
-        f"check said {offline.stdout!r}"
+    code, said = check(text, "-n", dry_run_namespace)
+    assert code in (0, 1), said
+    assert (code == 0) == (server.returncode == 0), (
+        f"{case_id}: the API server said {server.stderr or server.stdout!r}; check said {said!r}"
     )
 
 
