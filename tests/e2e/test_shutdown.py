@@ -24,6 +24,7 @@ import ipaddress
 import json
 import signal
 import ssl
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -252,9 +253,11 @@ async def test_sigterm_with_stuck_writes_releases_the_lease_within_the_grace_per
     await wait_for(leading, timeout=60, what="the operator to lead")
     await wait_for(lambda: slow_webhook.held > 0, timeout=60, what="a ConfigMap write held")
 
+    sent = time.monotonic()
     process.signal(signal.SIGTERM)
     # What the kubelet allows: exit, with the Lease released, before the grace period ends.
     assert await process.exit_code(timeout=grace) == 0, process.output
+    print(f"exited {time.monotonic() - sent:.1f}s after SIGTERM (grace period {grace:g}s)")
     assert await lease_holder(kube, namespace, lease) == ""
     stopping = process.find("shutting down")
     assert stopping is not None
