@@ -90,6 +90,13 @@ bench: venv controlplane ## Run the benchmarks (bench/run.py) and print their fi
 	@test -f bench/run.py || { echo "error: bench/run.py is not in this checkout" >&2; exit 1; }
 	$(PY) -m bench.run $(ARGS)
 
+# A production-stack checkout (or its src/ folder) for router-conformance.
+ROUTER_SRC ?=
+
+.PHONY: router-conformance
+router-conformance: venv ## Run the operator's files on a real vllm_router: make router-conformance ROUTER_SRC=<production-stack checkout>.
+	VENV=$(VENV) bash hack/router-conformance.sh "$(ROUTER_SRC)"
+
 ##@ Build
 
 .PHONY: docker-build

@@ -63,8 +63,10 @@ the file as a whole
               'prefill_client'``), changed backends keep getting the old ones.
     operator: refused; such a router runs from command-line flags (labels included).
 ``disaggregated_prefill_orchestrated``
-    start-up: the first load rebuilds it with empty labels.
-    reload:   same: every request 503 ``PREFILL_SERVICE_UNAVAILABLE``.
+    start-up: the watcher's first load races the main thread; when it wins, the
+              routing logic is rebuilt with empty labels (every request 503).
+    reload:   rebuilt with empty labels: every request 503
+              ``PREFILL_SERVICE_UNAVAILABLE``.
     operator: refused, as disaggregated_prefill.
 ``static_backends``
     start-up: split on "," untrimmed; an item failing ``validate_url`` is dropped with
@@ -197,8 +199,8 @@ UNSUPPORTED_ROUTING_LOGIC: dict[str, str] = {
     ),
     "disaggregated_prefill_orchestrated": (
         "spec.routingLogic disaggregated_prefill_orchestrated cannot be applied from a dynamic "
-        "config file: the router's first reload, right after start-up, rebuilds it without "
-        "the prefill and decode labels and every request then fails with 503; run such a "
+        "config file: every reload (often the first, right after start-up) rebuilds it "
+        "without the prefill and decode labels and every request then fails with 503; run such a "
         "router with --routing-logic, --static-model-labels, --prefill-model-labels and "
         "--decode-model-labels flags, without --dynamic-config-json"
     ),

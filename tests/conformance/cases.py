@@ -122,8 +122,7 @@ REFUSED = (
     Refused(
         "disaggregated-prefill-orchestrated",
         {**STATIC, "routingLogic": "disaggregated_prefill_orchestrated", **LABELLED},
-        "fails",
-        "fails",
+        reload="fails",  # at start-up it races the watcher's first load: either outcome
         status=503,
     ),
     Refused("session-without-key", {**STATIC, "routingLogic": "session"}, "crash", "half-applied"),
