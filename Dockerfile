@@ -14,6 +14,9 @@ RUN python -m venv /opt/router-controller
 WORKDIR /src
 COPY constraints.txt pyproject.toml README.md ./
 COPY operator/ operator/
+# The CRD that `router-controller check` reads is package data: a symlink from
+# operator/router_controller/crd/ to this file, copied into the wheel.
+COPY config/crd/bases/ config/crd/bases/
 # The operator and its runtime dependencies, at exactly the versions pinned in
 # constraints.txt (the development tools there are not installed).
 RUN /opt/router-controller/bin/pip install -c constraints.txt . \

@@ -14,9 +14,9 @@ StaticRoute is invalid, 2 when the input could not be read.
 ``render`` prints the exact ``dynamic_config.json`` the operator would write for one
 StaticRoute, so a change can be reviewed as the router will see it.
 
-The CRD is package data (``router_controller/crd/``), a byte-for-byte copy of
-``config/crd/bases`` that a test keeps identical, so an installed wheel or the container
-image checks against the CRD it was released with.
+The CRD is package data (``router_controller/crd/``): in the source tree a symlink to
+``config/crd/bases``, so there is one CRD to edit; the wheel (and so the container image)
+holds the file itself and checks against the CRD it was released with.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ SUFFIXES = (".yaml", ".yml", ".json")
 # ObjectMeta's rules for a namespaced custom resource's name and namespace.
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_FIELD = re.compile(r"\bspec(?:\.\w+)+")
 
 Object = dict[str, Any]
 
@@ -250,8 +251,12 @@ class Checker:
             verdict.rendered = render(spec, namespace=meta.get("namespace") or self._namespace)
             check_config_map_name(meta.get("name") or meta["generateName"], spec)
         except InvalidSpecError as err:
-            # Each of the operator's messages starts with the field it is about.
-            verdict.problems.extend(re.split(r"; (?=spec\.)", str(err)))
+            # One message per problem, each led by the field it is about.
+            for part in re.split(r"; (?=spec\.)", str(err)):
+                named = _FIELD.search(part)
+                if named is not None and not part.startswith(named.group(0)):
+                    part = f"{named.group(0)}: {part}"
+                verdict.problems.append(part)
         verdict.warnings.extend(_router_ref_warnings(obj, spec))
         return verdict
 
