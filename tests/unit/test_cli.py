@@ -492,3 +492,11 @@ def test_help_says_which_flags_have_no_effect() -> None:
     text = " ".join(parser().format_help().split())
     assert text.count("serves no webhooks, so it has no effect (logged as unused)") == 3
     assert "HTTP/2 is never served, so true has no effect (logged as unused)" in text
+
+
+@pytest.mark.parametrize("flag", ["-h", "-help", "--help"])
+def test_help_in_go_and_gnu_forms_exits_0(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        settings_from([flag])
+    assert exited.value.code == 0
+    assert "--zap-time-encoding" in capsys.readouterr().out
