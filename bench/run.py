@@ -14,7 +14,9 @@ separate process (``python -m router_controller``), as a user runs it:
    and the writes meanwhile;
 6. peak RSS with 1,000, 5,000 and 10,000 StaticRoutes in the cache;
 7. the time for a new StaticRoute to become ``ConfigMapReady`` while 1,000 routers
-   hang, against the same with healthy routers;
+   hang, against the same with healthy routers, and the probes' own CPU and lateness
+   with 10,000 healthy endpoints, alone and next to 1,000 hung ones
+   (:mod:`bench.probing`, ``--only probe-scheduling``);
 8. and 9. a big cluster around 1,000 StaticRoutes, and 200 namespaces in
    ``--namespaces`` (:mod:`bench.cluster_scale`, each on control planes of its own).
 
@@ -38,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import cluster_scale, procstat, report
+from bench import cluster_scale, probing, procstat, report
 from bench.harness import FULL, QUICK, Sizes
 from bench.scenarios import SCENARIOS, Bench
 from router_controller import envtest
@@ -116,6 +118,8 @@ async def measure(
     )
     try:
         await bench.run_all(only)
+        if only is None or set(probing.SCENARIOS) & only:
+            await probing.measure(bench, probing.QUICK if sizes == QUICK else probing.FULL)
     finally:
         await kube.close()
 
@@ -132,11 +136,11 @@ def write(results: dict[str, Any]) -> Path:
 
 def _scenarios(text: str) -> frozenset[str]:
     names = frozenset(n.strip() for n in text.split(",") if n.strip())
-    unknown = sorted(names - set(SCENARIOS) - set(cluster_scale.SCENARIOS))
+    unknown = sorted(names - set(SCENARIOS) - set(probing.SCENARIOS) - set(cluster_scale.SCENARIOS))
     if unknown or not names:
         raise argparse.ArgumentTypeError(
             f"unknown scenario {', '.join(unknown) or text!r}; "
-            f"choose from {', '.join((*SCENARIOS, *cluster_scale.SCENARIOS))}"
+            f"choose from {', '.join((*SCENARIOS, *probing.SCENARIOS, *cluster_scale.SCENARIOS))}"
         )
     return names
 
@@ -151,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         type=_scenarios,
         default=None,
         metavar="NAME,...",
-        help=f"run only these scenarios (of: {', '.join((*SCENARIOS, *cluster_scale.SCENARIOS))})",
+        help="run only these scenarios (of: "
+        f"{', '.join((*SCENARIOS, *probing.SCENARIOS, *cluster_scale.SCENARIOS))})",
     )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
@@ -199,10 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         results["seconds"] = round(time.monotonic() - started, 1)
         results["complete"] = ok
-        results["targets"] = report.targets(results) + cluster_scale.targets(results)
+        results["targets"] = (
+            report.targets(results) + probing.targets(results) + cluster_scale.targets(results)
+        )
         path = write(results)
         print()
         print(report.render(results))
+        print(probing.render(results))
         print(cluster_scale.render(results))
         print(f"\n{'all' if ok else 'INCOMPLETE:'} figures in {path} ({results['seconds']:.0f} s)")
         if ok:
