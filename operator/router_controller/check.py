@@ -5,11 +5,11 @@ API server refuses (or the operator reports as invalid) should fail the pull req
 not the sync. ``check`` reads manifests (files, directories, ``-`` for stdin: multi-
 document YAML, JSON, ``List`` objects, ``kustomize build`` output), skips objects of
 other kinds, and applies to each StaticRoute what a create goes through: ObjectMeta's
-name rules, the CRD's schema and CEL rules (:mod:`router_controller.crdvalidation`,
-reading the CRD shipped in this package), then the operator's own rules
-(:func:`router_controller.routerconfig.render`). Each problem is printed with the file,
-the line of its document, the object and the field; the exit code is 1 when any
-StaticRoute is invalid, 2 when the input could not be read.
+rules (:mod:`router_controller.objectmeta`), the CRD's schema and CEL rules
+(:mod:`router_controller.crdvalidation`, reading the CRD shipped in this package), then
+the operator's own rules (:func:`router_controller.routerconfig.render`). Each problem
+is printed with the file, the line of its document, the object and the field; the exit
+code is 1 when any StaticRoute is invalid, 2 when the input could not be read.
 
 ``render`` prints the exact ``dynamic_config.json`` the operator would write for one
 StaticRoute, so a change can be reviewed as the router will see it.
@@ -34,8 +34,8 @@ from typing import Any, TextIO
 import yaml
 from pydantic import ValidationError
 
-from router_controller import api
-from router_controller.crdvalidation import FieldError, RuleError, Validator
+from router_controller import api, objectmeta
+from router_controller.crdvalidation import RuleError, Validator
 from router_controller.routerconfig import (
     InvalidSpecError,
     RenderedConfig,
@@ -46,9 +46,6 @@ from router_controller.routerconfig import (
 CRD_FILE = f"{api.GROUP}_{api.PLURAL}.yaml"
 SUFFIXES = (".yaml", ".yml", ".json")
 
-# ObjectMeta's rules for a namespaced custom resource's name and namespace.
-_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _FIELD = re.compile(r"\bspec(?:\.\w+)+")
 
 Object = dict[str, Any]
@@ -212,8 +209,9 @@ class Checker:
         obj = doc.obj
         if not isinstance(obj, dict):
             return obj is not None  # a scalar document is an error; an empty one is not
-        group = str(obj.get("apiVersion", "")).partition("/")[0]
-        return group == api.GROUP or obj.get("kind") == api.KIND
+        # Ours by group; a StaticRoute without an apiVersion is ours gone wrong.
+        group = str(obj.get("apiVersion") or "").partition("/")[0]
+        return group == api.GROUP or (not group and obj.get("kind") == api.KIND)
 
     def check(self, doc: Document) -> Verdict:
         verdict = Verdict(doc)
@@ -233,7 +231,8 @@ class Checker:
                 + " or ".join(f"{api.GROUP}/{v}" for v in self._served)
             )
             return verdict
-        verdict.problems.extend(str(e) for e in _metadata(obj.get("metadata")))
+        verdict.problems.extend(str(e) for e in objectmeta.validate(obj.get("metadata")))
+        obj = {**obj, "metadata": objectmeta.named(obj.get("metadata"))}
         stored, errors = self._validator.validate(obj, skip=frozenset({"metadata", "status"}))
         verdict.problems.extend(str(e) for e in errors)
         if verdict.problems:
@@ -249,7 +248,7 @@ class Checker:
         meta = obj["metadata"]
         try:
             verdict.rendered = render(spec, namespace=meta.get("namespace") or self._namespace)
-            check_config_map_name(meta.get("name") or meta["generateName"], spec)
+            check_config_map_name(meta["name"], spec)
         except InvalidSpecError as err:
             # One message per problem, each led by the field it is about.
             for part in re.split(r"; (?=spec\.)", str(err)):
@@ -259,39 +258,6 @@ class Checker:
                 verdict.problems.append(part)
         verdict.warnings.extend(_router_ref_warnings(obj, spec))
         return verdict
-
-
-def _metadata(meta: Any) -> list[FieldError]:
-    if not isinstance(meta, dict):
-        return [FieldError("metadata.name", "Required value: name or generateName is required")]
-    errors = []
-    name = meta.get("name")
-    if not name and not meta.get("generateName"):
-        errors.append(
-            FieldError("metadata.name", "Required value: name or generateName is required")
-        )
-    elif name and (not isinstance(name, str) or len(name) > 253 or not _SUBDOMAIN.match(name)):
-        errors.append(
-            FieldError(
-                "metadata.name",
-                f"Invalid value: {json.dumps(name)}: a lowercase RFC 1123 subdomain must "
-                "consist of lower case alphanumeric characters, '-' or '.', and must start "
-                "and end with an alphanumeric character (at most 253 characters)",
-            )
-        )
-    namespace = meta.get("namespace")
-    if namespace is not None and (
-        not isinstance(namespace, str) or len(namespace) > 63 or not _LABEL.match(namespace)
-    ):
-        errors.append(
-            FieldError(
-                "metadata.namespace",
-                f"Invalid value: {json.dumps(namespace)}: a lowercase RFC 1123 label must "
-                "consist of lower case alphanumeric characters or '-', and must start and end "
-                "with an alphanumeric character (at most 63 characters)",
-            )
-        )
-    return errors
 
 
 def _router_ref_warnings(obj: Object, spec: api.StaticRouteSpec) -> list[str]:

@@ -426,3 +426,29 @@ def test_the_table_is_not_changed_by_checking() -> None:
     for case in INVALID:
         run(["check", "-f", "-"], _route(case.name, case.spec))
     assert before == INVALID
+
+
+def test_objectmeta_rules() -> None:
+    obj = route("r", good_spec(), "Bad_Namespace")
+    obj["metadata"]["labels"] = {"app": "has space", "bad key!": "x", "ok/x": "1", "n": 5}
+    obj["metadata"]["annotations"] = {"example.com/a": "x" * (256 * 1024)}
+    obj["metadata"]["lables"] = {}
+    code, out, _ = run(["check", "-f", "-"], json.dumps(obj))
+    assert code == 1
+    for expected in (
+        'metadata.namespace: Invalid value: "Bad_Namespace": a lowercase RFC 1123 label',
+        'metadata.labels: Invalid value: "has space": a valid label must be an empty string',
+        'metadata.labels: Invalid value: "bad key!": name part must consist of',
+        "metadata.labels[n]: Invalid value: 5: must be a string",
+        "metadata.annotations: Too long: must have at most 262144 bytes",
+        'metadata.lables: unknown field "metadata.lables"',
+    ):
+        assert expected in out, f"{expected!r} not in:\n{out}"
+    assert "ok/x" not in out
+
+
+def test_objects_of_other_groups_named_staticroute_are_skipped() -> None:
+    other = {**route("r", {"anything": 1}), "apiVersion": "example.com/v1"}
+    code, _, err = run(["check", "-f", "-"], json.dumps(other))
+    assert code == 0
+    assert "0 StaticRoutes checked" in err
