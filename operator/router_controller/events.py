@@ -160,6 +160,11 @@ class EventRecorder:
         """Events waiting to be sent."""
         return len(self._buffer.pending)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing waiting and nothing being sent."""
+        return self._empty.is_set()
+
     async def record(self, obj: Object, type_: str, reason: str, message: str) -> None:
         """Queue an Event about ``obj``; returns at once (the send happens later)."""
         meta = obj["metadata"]

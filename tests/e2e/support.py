@@ -133,13 +133,18 @@ async def wait_event(kube: Kube, namespace: str, name: str, reason: str) -> Obje
 
 
 async def settled(manager: Manager, kube: Kube, namespace: str, name: str) -> None:
-    """Wait until the operator has seen the StaticRoute's current version and is idle."""
+    """Wait until the operator has seen the StaticRoute's current version and is idle.
+
+    Idle includes the Events it recorded meanwhile: they are sent behind the writes.
+    """
     current = (await get_route(kube, namespace, name))["metadata"]["resourceVersion"]
 
     def idle() -> bool:
         cached = manager.routes.get(namespace, name)
         seen = cached is not None and cached["metadata"]["resourceVersion"] == current
-        return seen and manager.queue.depth == 0 and manager.queue.unfinished_work_seconds() == 0
+        queue = manager.queue
+        work_done = queue.depth == 0 and queue.unfinished_work_seconds() == 0
+        return seen and work_done and manager.recorder.idle  # Events follow the writes
 
     await wait_for(idle, what=f"operator idle after {namespace}/{name}@{current}")
 

@@ -11,7 +11,6 @@ from router_controller.reconciler import STATICROUTES
 from tests.e2e.support import (
     condition,
     create_route,
-    events_for,
     get_cm,
     get_route,
     settled,
@@ -74,8 +73,8 @@ async def test_create_writes_configmap_and_status(
     assert cm_ready["status"] == "True"
     assert cm_ready["observedGeneration"] == ready["metadata"]["generation"]
     assert "routers" not in status
-    reasons = {e["reason"] for e in await events_for(kube, namespace, "r1")}
-    assert "ConfigMapCreated" in reasons
+    event = await wait_event(kube, namespace, "r1", "ConfigMapCreated")  # sent behind the writes
+    assert event["type"] == "Normal"
 
 
 async def test_spec_update_rewrites_and_label_update_does_not(

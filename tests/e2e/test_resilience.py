@@ -104,9 +104,15 @@ def _cm_exists(client: Kube, namespace: str, name: str) -> Callable[[], Awaitabl
 async def test_converged_operator_makes_no_writes(
     plane: envtest.ControlPlane, client: Kube
 ) -> None:
-    async with run_operator(plane):
+    async with run_operator(plane) as manager:
         await asyncio.gather(*(create_route(client, staticroute(f"r{i}", "a")) for i in range(200)))
         await wait_for(lambda: all_ready(client, "a", 200), timeout=120, what="200 Ready")
+        # The burst's Events go out once the queue is idle, after the statuses.
+        await wait_for(
+            lambda: manager.recorder.pending == 0 and manager.recorder.idle,
+            timeout=60,
+            what="the burst's Events sent",
+        )
         # Let the last status writes come back through the watch before counting.
         before = writes(plane)
         await wait_for(lambda: writes(plane) == before, what="writes to stop")
