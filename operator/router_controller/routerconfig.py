@@ -29,7 +29,10 @@ running it on files (``make router-conformance``), one row per entry: start-up, 
 reload (every change, and once right after start), then what the operator does.
 
 the file as a whole
-    start-up: its keys become flag defaults; flags given on the command line win.
+    start-up: its keys become flag defaults; flags given on the command line win
+              until the first load replaces them, right after; a ``--routing-logic``
+              other than the file's can win the race with that load and stay in use
+              (``app.state.router`` is set from both threads).
     reload:   bad JSON, an unknown key, a missing ``service_discovery`` or
               ``routing_logic``: refused, the old config kept.
     operator: writes only the router's keys, always both required ones.
