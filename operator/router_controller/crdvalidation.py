@@ -279,6 +279,7 @@ class Validator:
             self._array(value, schema, path, errors, pending)
         else:
             self._scalar(value, schema, path, errors)
+        self._junctions(value, schema, path, errors)
         if id(schema) in self._rules:
             pending.append((path, value, schema))
         return value
@@ -401,6 +402,30 @@ class Validator:
                         f"Invalid value: {_shown(value)}: {path} in body should match '{pattern}'",
                     )
                 )
+
+    def _junctions(self, value: Any, schema: Schema, path: str, errors: list[FieldError]) -> None:
+        """allOf, anyOf, oneOf and not: value validations only, in a structural schema."""
+
+        def fails(sub: Schema) -> bool:
+            found: list[FieldError] = []
+            self._walk(copy.deepcopy(value), sub, path, found, [])
+            return bool(found)
+
+        if any(fails(sub) for sub in schema.get("allOf", [])):
+            errors.append(FieldError(path, "Invalid value: must validate all the schemas (allOf)"))
+        anyof = schema.get("anyOf")
+        if anyof and all(fails(sub) for sub in anyof):
+            errors.append(
+                FieldError(path, "Invalid value: must validate at least one schema (anyOf)")
+            )
+        oneof = schema.get("oneOf")
+        if oneof and sum(not fails(sub) for sub in oneof) != 1:
+            errors.append(
+                FieldError(path, "Invalid value: must validate one and only one schema (oneOf)")
+            )
+        negated = schema.get("not")
+        if isinstance(negated, dict) and not fails(negated):
+            errors.append(FieldError(path, "Invalid value: must not validate the schema (not)"))
 
     @staticmethod
     def _bounds(value: float, schema: Schema, path: str, errors: list[FieldError]) -> None:

@@ -452,3 +452,19 @@ def test_objects_of_other_groups_named_staticroute_are_skipped() -> None:
     code, _, err = run(["check", "-f", "-"], json.dumps(other))
     assert code == 0
     assert "0 StaticRoutes checked" in err
+
+
+def test_junctions_validate_values() -> None:
+    # As in JSON Schema, a constraint for another type (pattern on a number) holds.
+    port = {
+        "x-kubernetes-int-or-string": True,
+        "anyOf": [{"maximum": 100}, {"minimum": 1000}],
+        "not": {"enum": ["forbidden"]},
+    }
+    validator = _validator({"type": "object", "properties": {"port": port}})
+    for good in (80, 8000, "http"):
+        assert validator.validate({"spec": {"port": good}})[1] == []
+    [error] = validator.validate({"spec": {"port": 500}})[1]
+    assert str(error) == "spec.port: Invalid value: must validate at least one schema (anyOf)"
+    [error] = validator.validate({"spec": {"port": "forbidden"}})[1]
+    assert str(error) == "spec.port: Invalid value: must not validate the schema (not)"
