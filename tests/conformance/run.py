@@ -114,8 +114,8 @@ class Router:
         tmp.write_text(json.dumps(content, indent=2), encoding="utf-8")
         tmp.replace(self.file)  # whole at once, as the kubelet swaps a ConfigMap volume
 
-    async def start(self, content: dict[str, Any]) -> bool:
-        """Start on ``content``; True once /health answers, False if it never will."""
+    async def start(self, content: dict[str, Any], *flags: str) -> bool:
+        """Start on ``content`` (and ``flags``); True once /health answers, False if never."""
         self.write(content)
         env = {
             **os.environ,
@@ -125,7 +125,7 @@ class Router:
         with self.log.open("wb") as log:
             self.process = await asyncio.create_subprocess_exec(
                 self.run.python, "-m", "vllm_router.app", "--host", "127.0.0.1",
-                "--port", str(self.port), "--dynamic-config-json", str(self.file),
+                "--port", str(self.port), "--dynamic-config-json", str(self.file), *flags,
                 stdout=log, stderr=log, env=env, start_new_session=True,
             )  # fmt: skip
         deadline = time.monotonic() + START_TIMEOUT
@@ -276,6 +276,29 @@ class Run:
             finally:
                 await router.stop()
 
+    async def helm_chart_flags(self) -> None:
+        """The chart's router: its own discovery and routing flags, then the file."""
+        (case,) = [c for c in cases.ACCEPTED if c.id == "aliases-labels-spaces"]
+        content = cases.operator_file(case, self.backends.urls)
+        flags = (
+            "--service-discovery", "k8s", "--k8s-namespace", cases.NAMESPACE,
+            "--k8s-service-discovery-type", "pod-ip", "--routing-logic", "roundrobin",
+        )  # fmt: skip
+        async with self.slots:
+            router = Router(self, "start-helm-chart-flags")
+            try:
+                if not await router.start(content, *flags):
+                    raise Failure("the router did not start:\n" + router.logtext()[-1500:])
+                await router.serves(content)
+                routed = await self.check_routing(router, content, case)
+                shown_flags = " ".join(flags)
+                verdict = f"served with the chart's flags ({shown_flags}): the file won; {routed}"
+                self.report(True, "start-up", "helm-chart-flags", content, verdict)
+            except Failure as err:
+                self.report(False, "start-up", "helm-chart-flags", content, str(err))
+            finally:
+                await router.stop()
+
     async def accepted_chain(self, name: str, chain: list[cases.Accepted]) -> None:
         """One router reloading from file to file: each must be applied and served."""
         (base,) = [c for c in cases.ACCEPTED if c.id == cases.BASE]
@@ -414,6 +437,7 @@ async def main(argv: list[str]) -> int:
                             group.create_task(run.refused_reload(case))
                     for accepted in cases.ACCEPTED:
                         group.create_task(run.accepted_start(accepted))
+                    group.create_task(run.helm_chart_flags())
                     for case in cases.REFUSED:
                         if case.start is not None:
                             group.create_task(run.refused_start(case))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.conformance import cases
@@ -115,3 +116,15 @@ async def test_disaggregated_prefill_keeps_its_start_up_backends() -> None:
     assert router.load(swapped)
     assert _served(router, swapped)
     assert router.route("m") == (200, BACKENDS[1])  # still the old decode backend
+
+
+async def test_requests_over_http_get_the_backend_or_the_routers_error() -> None:
+    async with FakeRouter(host="127.0.0.1") as router, aiohttp.ClientSession() as http:
+        assert router.load(_base())
+        url = f"{router.address}/v1/chat/completions"
+        async with http.post(url, json={"model": cases.MODELS[2]}) as answer:
+            assert answer.status == 200
+            assert await answer.json() == {"backend": BACKENDS[2], "model": cases.MODELS[2]}
+        async with http.post(url, json={"model": cases.MODELS[0]}) as answer:
+            assert answer.status == 404
+        assert router.routed == {BACKENDS[2]: 1}
