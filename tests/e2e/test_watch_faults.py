@@ -16,7 +16,7 @@ import pytest
 
 from router_controller.envtest import ControlPlane
 from router_controller.informer import WatchTuning
-from router_controller.kube import Kube
+from router_controller.kube import Kube, RetryPolicy
 from router_controller.manager import Manager
 from tests.e2e.relay import Fault, Relay, list_of, watch_of
 from tests.e2e.support import create_route, run_operator, staticroute, try_get_cm, wait_for
@@ -99,7 +99,7 @@ async def test_a_throttled_page_resumes_from_its_continue_token(
         list_of("staticroutes", namespace, continued=True),
         status=429,
         reason="TooManyRequests",
-        times=7,
+        times=RetryPolicy().max_retries + 2,
     )
     relay.arm(throttled)
     async with run_operator(
