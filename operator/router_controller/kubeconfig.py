@@ -208,6 +208,10 @@ class ExecToken:
         now: Callable[[], datetime.datetime] = _utcnow,
     ) -> None:
         config, _ = _loader()
+        if isinstance(exec_config, dict):  # the stanza itself rather than the loader's node
+            exec_config = importlib.import_module(f"{_ROOT}.config.kube_config").ConfigNode(
+                "exec", exec_config
+            )
         provider_module = importlib.import_module(f"{_ROOT}.config.exec_provider")
         self._provider = provider_module.ExecProvider(exec_config)
         self._config_exception = config.ConfigException

@@ -34,7 +34,7 @@ from router_controller.informer import (
     trim_endpointslice,
     trim_service,
 )
-from router_controller.kube import CONFIGMAPS, ENDPOINTSLICES, SERVICES, Kube, Object
+from router_controller.kube import CONFIGMAPS, ENDPOINTSLICES, SERVICES, Kube, Object, RetryPolicy
 from router_controller.leader import LeaderElector
 from router_controller.metrics import Metrics
 from router_controller.reconciler import (
@@ -165,9 +165,17 @@ class Manager:
         self.elector: LeaderElector | None = None
         if self.settings.leader_election.enabled:
             # A client of its own: the renewal never waits for a connection behind
-            # other traffic, and the global retry cap never takes its retries.
+            # other traffic, nor for the global retry budget; throttled, it retries
+            # within its retry period rather than after the server's longer Retry-After.
+            election = self.settings.leader_election
+            lease_kube = self.kube.client(
+                "leader-election",
+                connections=2,
+                capped=False,
+                retry=RetryPolicy(max_wait=election.retry_period),
+            )
             self.elector = LeaderElector(
-                kube=self.kube.client("leader-election", connections=2, capped=False),
+                kube=lease_kube,
                 settings=self.settings.leader_election,
                 namespace=lease_namespace(self.settings),
                 identity=self.identity,

@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import io
 import json
+import re
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -44,6 +46,24 @@ def check(text: str, *args: str) -> tuple[int, str]:
     return code, out.getvalue()
 
 
+_FIELD = r"((?:spec|metadata)(?:\.\w+|\[[^\]]*\])*)"
+_SERVER_FIELDS = re.compile(rf'(?:^|\* |invalid: ){_FIELD}: |unknown field "{_FIELD}"', re.M)
+_CHECK_FIELDS = re.compile(rf"StaticRoute [^:]*: {_FIELD}[: ]")
+
+
+def _agree(case_id: str, server: subprocess.CompletedProcess[str], code: int, said: str) -> None:
+    """The same verdict, and every field the API server names is named by the check too."""
+    assert code in (0, 1), said
+    answer = server.stderr or server.stdout
+    assert (code == 0) == (server.returncode == 0), (
+        f"{case_id}: the API server said {answer!r}; check said {said!r}"
+    )
+    named = {a or b for a, b in _SERVER_FIELDS.findall(server.stderr)}
+    assert named <= set(_CHECK_FIELDS.findall(said)), (
+        f"{case_id}: the API server named {sorted(named)} in {answer!r}; check said {said!r}"
+    )
+
+
 @pytest.fixture(scope="module")
 def dry_run_namespace(control_plane: ControlPlane) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:10]}"
@@ -64,11 +84,7 @@ def test_check_and_the_api_server_agree(
     server = control_plane.kubectl(
         "create", "--dry-run=server", "-n", dry_run_namespace, "-f", "-", input=text, check=False
     )
-    code, said = check(text, "-n", dry_run_namespace)
-    assert code in (0, 1), said
-    assert (code == 0) == (server.returncode == 0), (
-        f"{case_id}: the API server said {server.stderr or server.stdout!r}; check said {said!r}"
-    )
+    _agree(case_id, server, *check(text, "-n", dry_run_namespace))
 
 
 def _with_meta(**meta: object) -> str:
@@ -100,11 +116,7 @@ def test_check_and_the_api_server_agree_on_metadata(
     server = control_plane.kubectl(
         "create", "--dry-run=server", "-n", dry_run_namespace, "-f", "-", input=text, check=False
     )
-    code, said = check(text, "-n", dry_run_namespace)
-    assert code in (0, 1), said
-    assert (code == 0) == (server.returncode == 0), (
-        f"{case_id}: the API server said {server.stderr or server.stdout!r}; check said {said!r}"
-    )
+    _agree(case_id, server, *check(text, "-n", dry_run_namespace))
 
 
 async def test_render_prints_the_bytes_the_operator_writes(

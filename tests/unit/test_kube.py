@@ -7,6 +7,7 @@ exercised by the e2e tests.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import email.utils
 
@@ -14,8 +15,11 @@ import pytest
 
 from router_controller.kube import (
     ApiError,
+    AuthHealth,
+    Concurrency,
     Forbidden,
     Invalid,
+    RetryBudget,
     ServerError,
     TooManyRequests,
     Unauthorized,
@@ -164,3 +168,83 @@ def test_retry_after_in_seconds_or_as_a_date() -> None:
     seconds = parse_retry_after(email.utils.format_datetime(later, usegmt=True))
     assert seconds is not None
     assert 100 < seconds <= 120
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_retry_budget_allows_a_burst_then_its_rate() -> None:
+    clock = FakeClock()
+    budget = RetryBudget(rate=5.0, burst=10, clock=clock)
+    assert [budget.take() for _ in range(11)] == [True] * 10 + [False]
+    clock.now = 0.1  # half a token
+    assert not budget.take()
+    clock.now = 0.2
+    assert budget.take()
+    assert not budget.take()
+    clock.now = 100.0  # refills only up to the burst
+    assert sum(budget.take() for _ in range(20)) == 10
+
+
+async def test_concurrency_halves_on_429_holds_then_grows() -> None:
+    clock = FakeClock()
+    gate = Concurrency(8, clock=clock)
+    for _ in range(3):
+        await gate.acquire()
+    assert gate.in_flight == 3
+    await gate.release(throttled=2.0)
+    assert gate.limit == 4
+    await gate.release(throttled=2.0)
+    assert gate.limit == 2
+    clock.now = 1.5  # still inside the Retry-After: no growth
+    await gate.release(throttled=None)
+    assert gate.limit == 2
+    assert gate.in_flight == 0
+    clock.now = 3.0
+    await gate.acquire()
+    await gate.release(throttled=None)
+    assert gate.limit == 3
+    await gate.acquire()
+    await gate.release(throttled=None)  # at most one step a second
+    assert gate.limit == 3
+    for step in range(4, 30):
+        clock.now = float(step)
+        await gate.acquire()
+        await gate.release(throttled=None)
+    assert gate.limit == 8  # never above the maximum
+
+
+async def test_concurrency_makes_the_extra_request_wait() -> None:
+    gate = Concurrency(2, clock=FakeClock())
+    await gate.acquire()
+    await gate.release(throttled=1.0)  # limit 1
+    await gate.acquire()
+    waiting = asyncio.create_task(gate.acquire())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    await gate.release(throttled=None)
+    await asyncio.wait_for(waiting, 1)
+    assert gate.in_flight == 1
+
+
+def test_auth_health_fails_ready_at_once_and_alive_after_a_while() -> None:
+    clock = FakeClock()
+    health = AuthHealth(restart_after=60.0, clock=clock)
+    assert health.ready()
+    assert health.alive()
+    health.rejected()
+    assert not health.ready()
+    assert health.alive()
+    clock.now = 59.0
+    health.rejected()  # still counted from the first refusal
+    assert health.alive()
+    clock.now = 60.0
+    assert not health.alive()
+    health.accepted()
+    assert health.ready()
+    assert health.alive()
