@@ -362,7 +362,8 @@ def check_main(
         print(f"router-controller: {err}", file=stderr)
         return 2
     plural = "" if checked == 1 else "s"
-    print(f"{checked} {api.KIND}{plural} checked, {invalid} invalid", file=stderr)
+    found = "" if checked else f" (no {api.KIND} in the input: objects of other kinds are skipped)"
+    print(f"{checked} {api.KIND}{plural} checked, {invalid} invalid{found}", file=stderr)
     return 1 if invalid else 0
 
 
