@@ -11,9 +11,10 @@ two cannot drift apart.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "production-stack.vllm.ai"
@@ -25,6 +26,10 @@ PLURAL = "staticroutes"
 CONFIG_KEY = "dynamic_config.json"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "router-controller"
+
+# A Service port's name (validation.IsValidPortName: an IANA_SVC_NAME of at most 15).
+PORT_NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+PORT_NAME_MAX = 15
 
 ServiceDiscovery = Literal["static", "k8s"]
 RoutingLogic = Literal[
@@ -120,6 +125,7 @@ class StaticRouteSpec(_Model):
     config_map_name: str | None = None
     # Extensions.
     router_selector: LabelSelector | None = None
+    router_port: int | str | None = None
     static_aliases: str | None = None
     static_model_labels: str | None = None
     static_model_types: str | None = None
@@ -132,6 +138,21 @@ class StaticRouteSpec(_Model):
     k8s_namespace: str | None = None
     k8s_label_selector: str | None = None
     session_key: str | None = None
+
+    @field_validator("router_port")
+    @classmethod
+    def _port_name_or_number(cls, value: int | str | None) -> int | str | None:
+        """A Service port as a ``targetPort`` names one: 1-65535, or an IANA service name."""
+        if isinstance(value, int) and not 1 <= value <= 65535:
+            raise ValueError(f"routerPort {value} is not a port number (1-65535)")
+        if isinstance(value, str) and (
+            len(value) > PORT_NAME_MAX or not PORT_NAME_RE.fullmatch(value)
+        ):
+            raise ValueError(
+                f"routerPort {value!r} is not a port name: at most 15 lower-case letters, "
+                "digits and '-', starting and ending with a letter or digit"
+            )
+        return value
 
 
 class Condition(_Model):

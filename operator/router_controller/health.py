@@ -136,7 +136,8 @@ class _Resolved:
     """What a Service routes to: probe addresses, or why it cannot be probed."""
 
     addresses: list[str]
-    unsupported: str | None = None
+    unsupported: str | None = None  # why it cannot be probed
+    reason: str = UNSUPPORTED
 
 
 class Prober:
@@ -247,7 +248,7 @@ class Prober:
                     "--allow-cross-namespace-router-ref",
                 )
             else:
-                found = self._resolve(state.ref)
+                found = self._resolve(state.ref, spec.router_port)
                 if found is None:
                     state.problem = (
                         "RouterNotFound",
@@ -256,7 +257,7 @@ class Prober:
                 else:
                     state.services.add(state.ref)
                     if found.unsupported is not None:
-                        state.problem = (UNSUPPORTED, f"{found.unsupported} (spec.routerRef)")
+                        state.problem = (found.reason, f"{found.unsupported} (spec.routerRef)")
                     addresses.extend(found.addresses)
         if spec.router_selector is not None:
             # Registered even when routerRef has a problem, so that a matching Service
@@ -270,11 +271,11 @@ class Prober:
             for svc in sorted(matched, key=lambda s: str(s["metadata"]["name"])):
                 service = (key[0], svc["metadata"]["name"])
                 state.services.add(service)
-                found = self._resolve(service)
+                found = self._resolve(service, spec.router_port)
                 if found is None:
                     continue
                 if found.unsupported is not None and state.problem is None:
-                    state.problem = (UNSUPPORTED, f"{found.unsupported} (spec.routerSelector)")
+                    state.problem = (found.reason, f"{found.unsupported} (spec.routerSelector)")
                 addresses.extend(found.addresses)
             if not matched and spec.router_ref is None:
                 state.problem = (
@@ -298,7 +299,7 @@ class Prober:
         svc = self._services.get(namespace, name)
         return dict((svc or {}).get("metadata", {}).get("labels") or {})
 
-    def _resolve(self, service: Key) -> _Resolved | None:
+    def _resolve(self, service: Key, router_port: int | str | None) -> _Resolved | None:
         """``scheme://ip:port`` of each ready endpoint; None when the Service is missing."""
         svc = self._services.get(*service)
         if svc is None:
@@ -313,13 +314,15 @@ class Prober:
                 "or its cluster IP), never a DNS name. Point the StaticRoute at the router's "
                 "own ClusterIP Service",
             )
-        ports = spec.get("ports") or []
-        named = next((p for p in ports if p.get("name") in ("http", "https")), None)
-        port_name = named.get("name") if named else None
+        ports = [p for p in spec.get("ports") or [] if isinstance(p, dict)]
+        chosen = _service_port(ports, router_port)
+        if isinstance(chosen, str):
+            return _Resolved([], f"Service {name}: {chosen}", reason="RouterPortNotFound")
+        port_name = None if chosen is None else str(chosen.get("name") or "")
         scheme = "https" if port_name == "https" else "http"
         found: list[str] = []
         saw_ip_slice = False
-        host_names = 0
+        host_names = portless = 0
         # A Service may have several EndpointSlices, each with its own port list.
         for eps in self._slices.by_index(SERVICE_INDEX, name):
             family = {"IPv4": 4, "IPv6": 6}.get(str(eps.get("addressType")))
@@ -329,9 +332,16 @@ class Prober:
                 continue
             saw_ip_slice = True
             port = DEFAULT_PORT
-            for p in eps.get("ports") or []:
-                if port_name is not None and p.get("name") == port_name and p.get("port"):
-                    port = int(p["port"])
+            if port_name is not None:  # the slice's port of the same name, as kube-proxy maps
+                numbers = [
+                    int(p["port"])
+                    for p in eps.get("ports") or []
+                    if (p.get("name") or "") == port_name and p.get("port")
+                ]
+                if not numbers:
+                    portless += 1  # this slice does not carry the router's port
+                    continue
+                port = numbers[0]
             for endpoint in endpoints:
                 if (endpoint.get("conditions") or {}).get("ready") is False:
                     continue
@@ -339,6 +349,14 @@ class Prober:
                     ip = _ip(address, family)
                     if ip is not None:
                         found.append(f"{scheme}://{ip}:{port}")
+        if saw_ip_slice and not found and portless:
+            return _Resolved(
+                [],
+                f"Service {name}: none of its EndpointSlices has a port named "
+                f"{port_name!r}, the Service port probed; set spec.routerPort to the router's "
+                "port",
+                reason="RouterPortNotFound",
+            )
         if saw_ip_slice:
             return _Resolved(found)
         if host_names:
@@ -349,7 +367,8 @@ class Prober:
                 "Pods' IP addresses (addressType IPv4 or IPv6), or give the Service a "
                 "selector",
             )
-        port = int(named["port"]) if named and named.get("port") else DEFAULT_PORT
+        # No EndpointSlice: the cluster IP, on the Service's own port (not its targetPort).
+        port = int(chosen["port"]) if chosen is not None and chosen.get("port") else DEFAULT_PORT
         cluster_ip = _ip(str(spec.get("clusterIP") or ""), None)
         return _Resolved([f"{scheme}://{cluster_ip}:{port}"] if cluster_ip else [])
 
@@ -549,6 +568,38 @@ async def _read_at_most(stream: aiohttp.StreamReader, limit: int) -> bytes:
         chunks.append(chunk)
         size += len(chunk)
     return b"".join(chunks)
+
+
+ROUTER_PORT_NAMES = ("http", "https", "router-sport")  # router-sport: production-stack's chart
+
+
+def _service_port(
+    ports: list[dict[str, Any]], wanted: int | str | None
+) -> dict[str, Any] | str | None:
+    """The Service port to probe; None for the old default (8000); a message if missing.
+
+    ``wanted`` is ``spec.routerPort``: a port name, or a Service port number. Without
+    it: the port named http, https or router-sport, else the only port, else None.
+    """
+    if wanted is None:
+        for name in ROUTER_PORT_NAMES:
+            for port in ports:
+                if port.get("name") == name:
+                    return port
+        return ports[0] if len(ports) == 1 else None
+    if isinstance(wanted, str) and wanted.isdigit():
+        wanted = int(wanted)
+    key = "port" if isinstance(wanted, int) else "name"
+    for port in ports:
+        if port.get(key) == wanted:
+            return port
+    listed = ", ".join(
+        f"{p.get('name')} ({p.get('port')})" if p.get("name") else str(p.get("port")) for p in ports
+    )
+    return (
+        f"spec.routerPort {wanted} is not one of its ports ({clip(listed) or 'none'}): "
+        "name a Service port by its name or its port number"
+    )
 
 
 def _ip(text: str, family: int | None) -> str | None:

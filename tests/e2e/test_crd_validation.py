@@ -362,6 +362,16 @@ INVALID = [
         ("spec.configMapName: Required value", "set spec.configMapName"),
         name="n" * 250,
     ),
+    Invalid(
+        "routerPort-0",
+        _spec(routerPort=0),
+        ("spec.routerPort", "port number (1-65535) or a port name"),
+    ),
+    Invalid(
+        "routerPort-bad-name",
+        _spec(routerPort="Router_Port"),
+        ("spec.routerPort", "port number (1-65535) or a port name"),
+    ),
 ]
 
 
@@ -426,6 +436,9 @@ VALID: dict[str, Object] = {
         staticModels=",".join(f"org/model-{i:03}" for i in range(_MANY)),
         staticAliases=",".join(f"a{i:03}:org/model-{i:03}" for i in range(_MANY)),
     ),
+    "router-port-name": _spec(routerPort="router-sport"),
+    "router-port-number": _spec(routerPort=8000),
+    "longest-timeout": _spec(healthCheck={"timeoutSeconds": 60, "periodSeconds": 60}),
 }
 
 

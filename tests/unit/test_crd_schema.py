@@ -37,6 +37,7 @@ STANDARD_EXTRAS: dict[str, set[str]] = {
 }
 
 Schema = dict[str, Any]
+INT_OR_STRING = int | str
 
 
 def _load_yaml(path: Path) -> Schema:
@@ -85,6 +86,8 @@ def _strip_optional(annotation: Any) -> Any:
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        if set(args) == {int, str}:
+            return INT_OR_STRING
         assert len(args) == 1, f"unsupported union {annotation!r}"
         return args[0]
     return annotation
@@ -98,6 +101,10 @@ def _check_type(annotation: Any, prop: Schema, path: str) -> None:
     """The CRD property ``prop`` has the shape of the Python type ``annotation``."""
     annotation = _strip_optional(annotation)
     origin = typing.get_origin(annotation)
+    if annotation == INT_OR_STRING:  # as Kubernetes' IntOrString
+        assert prop.get("x-kubernetes-int-or-string") is True, path
+        assert {a.get("type") for a in prop.get("anyOf", [])} == {"integer", "string"}, path
+        return
     if origin is Literal:
         assert prop.get("type") == "string", path
         assert prop.get("enum") == list(typing.get_args(annotation)), f"{path}: enum"

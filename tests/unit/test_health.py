@@ -640,3 +640,83 @@ async def test_only_ip_addresses_of_the_slice_family_are_probed() -> None:
         "http://[fd00::6]:8080",
     ]
     harness.prober.forget(*KEY)
+
+
+# -- which port is probed ------------------------------------------------------------
+
+CHART_PORTS = [
+    {"name": "router-sport", "port": 80, "targetPort": 8000, "protocol": "TCP"},
+    {"name": "lmcache-port", "port": 9000, "targetPort": "lmcache-port", "protocol": "TCP"},
+]
+
+
+def _ported_slice(service_name: str, ports: dict[str, int]) -> Object:
+    eps = endpointslice(NS, service_name, 0, "10.0.0.1", 1)
+    eps["ports"] = [{"name": n, "port": p, "protocol": "TCP"} for n, p in ports.items()]
+    return eps
+
+
+@pytest.mark.parametrize(
+    ("service_ports", "slice_ports", "router_port", "address"),
+    [
+        # production-stack's chart: router-sport 80 -> containerPort 8000, lmcache-port 9000
+        (CHART_PORTS, {"router-sport": 8000, "lmcache-port": 9000}, None, "http://10.0.0.1:8000"),
+        (CHART_PORTS, {"router-sport": 8000, "lmcache-port": 9000}, "lmcache-port", "http://10.0.0.1:9000"),
+        (CHART_PORTS, {"router-sport": 8000, "lmcache-port": 9000}, 9000, "http://10.0.0.1:9000"),
+        (CHART_PORTS, {"router-sport": 8000, "lmcache-port": 9000}, "80", "http://10.0.0.1:8000"),
+        # one port, whatever its name
+        ([{"name": "web", "port": 80}], {"web": 8080}, None, "http://10.0.0.1:8080"),
+        ([{"port": 80}], {"": 8081}, None, "http://10.0.0.1:8081"),
+        # several ports, none of the usual names: 8000, as before
+        ([{"name": "a", "port": 1}, {"name": "b", "port": 2}], {"a": 11, "b": 12}, None, "http://10.0.0.1:8000"),
+        ([{"name": "https", "port": 443}], {"https": 8443}, None, "https://10.0.0.1:8443"),
+    ],
+)  # fmt: skip
+async def test_the_router_port_is_chosen_the_kubernetes_way(
+    service_ports: list[dict[str, Any]],
+    slice_ports: dict[str, int],
+    router_port: int | str | None,
+    address: str,
+) -> None:
+    harness = Harness(
+        Cache(_svc("router", ports=service_ports)), Cache(_ported_slice("router", slice_ports))
+    )
+    report = harness.prober.sync(ROUTE, route_spec(routerPort=router_port), None)
+    assert report is not None
+    assert [r["address"] for r in report.routers] == [address]
+    harness.prober.forget(*KEY)
+
+
+async def test_the_cluster_ip_fallback_probes_the_service_port() -> None:
+    harness = Harness(Cache(_svc("router", clusterIP="10.0.0.20", ports=CHART_PORTS)), Cache())
+    report = harness.prober.sync(ROUTE, route_spec(), None)
+    assert report is not None
+    assert [r["address"] for r in report.routers] == ["http://10.0.0.20:80"]
+    harness.prober.forget(*KEY)
+
+
+async def test_a_router_port_the_service_lacks_is_explained() -> None:
+    harness = Harness(
+        Cache(
+            _svc("router", ports=CHART_PORTS), _svc("other", ports=[{"name": "http", "port": 80}])
+        ),
+        Cache(_ported_slice("router", {"router-sport": 8000}), _ported_slice("other", {"web": 1})),
+    )
+    missing = harness.prober.sync(ROUTE, route_spec(routerPort="metrics"), None)
+    assert conditions_of(missing)["RouterHealthy"] == ("False", "RouterPortNotFound")
+    assert missing is not None
+    assert (
+        f"Service {NS}/router: spec.routerPort metrics is not one of its ports "
+        "(router-sport (80), lmcache-port (9000))" in missing.conditions[0]["message"]
+    )
+    unmatched = harness.prober.sync(ROUTE, route_spec(routerRef={"name": "other"}), None)
+    assert conditions_of(unmatched)["RouterHealthy"] == ("False", "RouterPortNotFound")
+    harness.prober.forget(*KEY)
+
+
+def test_router_port_must_be_a_port_name_or_number() -> None:
+    assert route_spec(routerPort="router-sport").router_port == "router-sport"
+    assert route_spec(routerPort=8000).router_port == 8000
+    for bad in (0, 70000, "Router_Port", "a-very-long-port-name", "-x"):
+        with pytest.raises(ValueError, match="routerPort"):
+            route_spec(routerPort=bad)
