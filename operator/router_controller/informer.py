@@ -144,6 +144,23 @@ class Informer:
         """Cached objects filed under ``value`` by the indexer named ``index``."""
         return list(self._indices[index].get(value, {}).values())
 
+    def written(self, obj: Object, *, over: str | None) -> None:
+        """Cache the result of the operator's own write now, not when the watch brings it.
+
+        ``over`` is the resourceVersion the write was made against (None for a create).
+        The result replaces the cached object only if the cache still holds that
+        version (nothing for a create), so a newer object that the watch delivered
+        meanwhile is never replaced by an older one. Reconciles that follow then see
+        their own write, and make no second write from a stale copy (a 409); when the
+        watch delivers the same version later, it is recognised and not handled again.
+        """
+        meta = obj.get("metadata")
+        if not isinstance(meta, dict) or not meta.get("name") or not meta.get("resourceVersion"):
+            return
+        key = key_of(obj)
+        if _version_of(self._cache.get(key)) == over:
+            self._store(key, self._prepare(obj))
+
     def _store(self, key: Key, obj: Object) -> Object | None:
         previous = self._drop(key)
         self._cache[key] = obj
@@ -354,6 +371,8 @@ class Informer:
             key = key_of(obj)
             if kind == "DELETED":
                 self._handler("DELETED", obj, self._drop(key))
+            elif version and _version_of(self._cache.get(key)) == version:
+                continue  # our own write, cached already (see written())
             else:
                 self._handler(kind, obj, self._store(key, obj))
         if events == 0 and loop.time() - started < SHORT_WATCH_SECONDS:
@@ -362,6 +381,10 @@ class Informer:
                 f"{SHORT_WATCH_SECONDS:.0f}s without an event"
             )
         return resource_version
+
+
+def _version_of(obj: Object | None) -> str | None:
+    return None if obj is None else obj["metadata"].get("resourceVersion")
 
 
 def _discard(table: dict[str, dict[Key, Object]], value: str, key: Key) -> None:

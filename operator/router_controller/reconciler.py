@@ -352,9 +352,10 @@ class StaticRouteReconciler:
         if existing is None:
             try:
                 with _writing(f"create ConfigMap {namespace}/{name}"):
-                    await self._kube.create(
+                    created = await self._kube.create(
                         CONFIGMAPS.path(namespace), self._desired_cm(route, name, rendered)
                     )
+                self._configmaps.written(created, over=None)
             except Conflict as err:
                 if not err.already_exists:
                     raise
@@ -380,13 +381,14 @@ class StaticRouteReconciler:
         # (it may have become somebody else's); a 409 re-reconciles from fresh state.
         body["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
         with _writing(f"update ConfigMap {namespace}/{name}"):
-            await self._kube.request(
+            applied = await self._kube.request(
                 "PATCH",
                 CONFIGMAPS.path(namespace, name),
                 params={"fieldManager": FIELD_MANAGER, "force": "true"},
                 body=body,
                 content_type=APPLY_PATCH,
             )
+        self._configmaps.written(applied, over=existing["metadata"]["resourceVersion"])
         if not same_data:
             await self._recorder.record(
                 route, "Normal", "ConfigMapUpdated", f"updated ConfigMap {name} to the current spec"
@@ -447,9 +449,10 @@ class StaticRouteReconciler:
             "metadata": {"resourceVersion": meta["resourceVersion"]},
             "status": {**{k: None for k in current if k not in new}, **new},
         }
-        await self._kube.merge_patch(
+        written = await self._kube.merge_patch(
             STATICROUTES.path(meta["namespace"], meta["name"], "status"), body
         )
+        self._routes.written(written, over=meta["resourceVersion"])
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ every Event arrives.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -60,7 +61,7 @@ async def test_a_user_change_is_written_before_the_event_backlog_and_every_event
         )
         await gather_limited(
             [
-                (lambda n=n: create_route(kube, staticroute(f"burst-{n:04d}", namespace)))
+                functools.partial(create_route, kube, staticroute(f"burst-{n:04d}", namespace))
                 for n in range(BURST)
             ],
             limit=32,
