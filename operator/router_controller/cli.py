@@ -84,6 +84,9 @@ def parser() -> argparse.ArgumentParser:
         prog="router-controller",
         description="Turns StaticRoute resources into the vLLM router's dynamic_config.json "
         "ConfigMaps and checks that every router replica loaded them.",
+        epilog="Without a cluster: `router-controller check -f FILE|DIR|-` checks StaticRoute "
+        "manifests, `router-controller render -f FILE` prints the dynamic_config.json the "
+        "operator would write (see their --help).",
     )
     add = p.add_argument
     add("--version", action="version", version=f"router-controller {__version__}")

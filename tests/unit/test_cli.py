@@ -500,3 +500,9 @@ def test_help_in_go_and_gnu_forms_exits_0(flag: str, capsys: pytest.CaptureFixtu
         settings_from([flag])
     assert exited.value.code == 0
     assert "--zap-time-encoding" in capsys.readouterr().out
+
+
+def test_help_names_the_offline_commands() -> None:
+    text = " ".join(parser().format_help().split())
+    assert "router-controller check -f FILE|DIR|-" in text
+    assert "router-controller render -f FILE" in text
