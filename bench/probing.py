@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import os
 import socket
 import sys
 import tempfile
@@ -57,6 +58,7 @@ from router_controller.reconciler import STATICROUTES
 
 SCENARIOS = ("probe-scheduling",)  # what ``make bench ARGS="--only NAME"`` selects
 LATENESS = "router_controller_probe_lateness_seconds"
+DURATION = "router_controller_probe_duration_seconds"
 HEALTHY_NS = "probe-healthy"
 HUNG_NS = "probe-hung"
 PERIOD = 10
@@ -230,6 +232,19 @@ def quantile(q: float, before: Buckets, after: Buckets) -> float:
     return lower
 
 
+def _duration_buckets(before: str, after: str, namespace: str) -> tuple[Buckets, Buckets]:
+    """``router_controller_probe_duration_seconds`` of a namespace, summed over its routes."""
+    out: list[Buckets] = []
+    for text in (before, after):
+        buckets: Buckets = {}
+        for _, labels, value in prom.samples(text, (f"{DURATION}_bucket",)):
+            if labels.get("namespace") == namespace:
+                le = float(labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + value
+        out.append(buckets)
+    return out[0], out[1]
+
+
 def share_within(bound: float, before: Buckets, after: Buckets) -> float:
     total = after.get(float("inf"), 0.0) - before.get(float("inf"), 0.0)
     within = after.get(bound, 0.0) - before.get(bound, 0.0)
@@ -244,22 +259,27 @@ async def _window(
 ) -> dict[str, Any]:
     """CPU and per-namespace lateness over ``seconds`` of steady probing."""
     before_text = await process.metrics()
-    cpu_before = process.cpu_seconds()
+    cpu_before, own_before = process.cpu_seconds(), time.process_time()
     started = time.monotonic()
     await asyncio.sleep(seconds)
     after_text = await process.metrics()
-    cpu = process.cpu_seconds() - cpu_before
+    cpu, own = process.cpu_seconds() - cpu_before, time.process_time() - own_before
     elapsed = time.monotonic() - started
     figures: dict[str, Any] = {
         "seconds": round(elapsed, 1),
         "cpu_percent_of_a_core": round(100 * cpu / elapsed, 1),
+        # The stand-in routers run in this process: if it is saturated, so are they.
+        "benchmark_process_cpu_percent": round(100 * own / elapsed, 1),
+        "load_average": round(os.getloadavg()[0], 2),
     }
     for namespace in namespaces:
         before = lateness_buckets(before_text, namespace)
         after = lateness_buckets(after_text, namespace)
         probes = after.get(float("inf"), 0.0) - before.get(float("inf"), 0.0)
+        durations = _duration_buckets(before_text, after_text, namespace)
         figures[namespace] = {
             "probes": int(probes),
+            "probe_duration_p50_ms": round(1000 * quantile(0.5, *durations), 1),
             "probes_per_second": round(probes / elapsed, 1),
             "lateness_p50_ms": round(1000 * quantile(0.5, before, after), 1),
             "lateness_p99_ms": round(1000 * quantile(0.99, before, after), 1),

@@ -191,8 +191,9 @@ def parser() -> argparse.ArgumentParser:
     add(
         "--probe-concurrency",
         type=int,
-        default=64,
-        help="router /health probes in flight at once (default 64)",
+        default=128,
+        help="router /health probes in flight at once, shared between namespaces: one "
+        "namespace may hold half of them, one StaticRoute a quarter (default 128)",
     )
     add(
         "--shutdown-timeout",

@@ -87,7 +87,9 @@ class Settings(_Frozen):
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
     max_concurrent_reconciles: int = Field(default=4, ge=1)
     allow_cross_namespace_router_ref: bool = False
-    probe_concurrency: int = Field(default=64, ge=1)
+    # Shared fairly: one namespace may hold half, one StaticRoute a quarter (fairshare.py),
+    # so one namespace alone gets the 64 the pool had before it was shared.
+    probe_concurrency: int = Field(default=128, ge=1)
     # With the Event drain and the Lease release it must fit the Deployment's
     # terminationGracePeriodSeconds (see manager.shutdown_budget).
     shutdown_timeout: float = Field(default=15.0, gt=0)
