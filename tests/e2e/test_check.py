@@ -119,24 +119,31 @@ def test_check_and_the_api_server_agree_on_metadata(
     _agree(case_id, server, *check(text, "-n", dry_run_namespace))
 
 
-async def test_render_prints_the_bytes_the_operator_writes(
-    kube: Kube, operator: Manager, namespace: str, tmp_path: Path
-) -> None:
-    spec = {
-        **VALID["everything"],
+_EVERYTHING = {k: v for k, v in VALID["everything"].items() if not k.startswith("router")}
+RENDERED = {
+    # Trimmed items, aliases, labels, types, health checks, a configMapName, non-ASCII.
+    "everything": {
+        **_EVERYTHING,
         "staticBackends": " http://a.example.com:8000 , http://10.0.0.7:8000 ",
         "staticModels": "modèle-a , model-b",
         "staticAliases": "fast:modèle-a, b : model-b",
-    }
-    spec.pop("routerRef")
-    spec.pop("routerSelector")
+    },
+    # k8s discovery without k8sNamespace: the file names the StaticRoute's namespace.
+    "k8s": {**VALID["k8s"], "staticBackends": None, "staticModels": None},
+}
+
+
+@pytest.mark.parametrize("case", list(RENDERED))
+async def test_render_prints_the_bytes_the_operator_writes(
+    kube: Kube, operator: Manager, namespace: str, tmp_path: Path, case: str
+) -> None:
+    spec = RENDERED[case]
     route = staticroute("rendered", namespace, **spec)
     path = tmp_path / "route.yaml"
     path.write_text(json.dumps(route), encoding="utf-8")
     await create_route(kube, route)
-    cm = await wait_for(
-        lambda: try_get_cm(kube, namespace, spec["configMapName"]), what="the ConfigMap"
-    )
+    cm_name = spec.get("configMapName") or "rendered-config"
+    cm = await wait_for(lambda: try_get_cm(kube, namespace, cm_name), what="the ConfigMap")
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "router_controller", "render", "-f", str(path),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -144,6 +151,8 @@ async def test_render_prints_the_bytes_the_operator_writes(
     stdout, stderr = await process.communicate()
     assert process.returncode == 0, stderr
     assert stdout == cm["data"][api.CONFIG_KEY].encode("utf-8")
+    if case == "k8s":
+        assert json.loads(stdout)["k8s_namespace"] == namespace
 
 
 async def test_kubectl_get_sr_shows_health_and_sync_next_to_ready(
