@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import platform
 import shutil
 import sys
@@ -158,7 +159,24 @@ def main(argv: list[str] | None = None) -> int:
         help="run only these scenarios (of: "
         f"{', '.join((*SCENARIOS, *probing.SCENARIOS, *cluster_scale.SCENARIOS))})",
     )
+    parser.add_argument(
+        "--operator-source",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="measure the router_controller package found in DIR (the operator/ folder of "
+        "another checkout, e.g. an older version for a before/after comparison) instead "
+        "of this one; the benchmark itself stays this checkout's",
+    )
     args = parser.parse_args(argv)
+    if args.operator_source is not None:
+        source = args.operator_source.resolve()
+        if not (source / "router_controller" / "__main__.py").is_file():
+            parser.error(f"{source} holds no router_controller package")
+        # Inherited by the operator processes (and the floor client) this run starts.
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            [str(source), *filter(None, [os.environ.get("PYTHONPATH")])]
+        )
     sizes = QUICK if args.quick else FULL
     load_before = procstat.load_average()
     results: dict[str, Any] = {
@@ -172,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "sizes": dataclasses.asdict(sizes),
         "only": sorted(args.only) if args.only else None,
+        "operator_source": str(args.operator_source) if args.operator_source else None,
     }
     cores = results["machine"]["cores"]
     print(
