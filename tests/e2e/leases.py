@@ -22,14 +22,21 @@ T = TypeVar("T")
 LEASE_DURATION, RENEW_DEADLINE, RETRY_PERIOD = 8.0, 6.0, 1.0
 
 
-def election_flags(namespace: str, lease: str) -> tuple[str, ...]:
+def election_flags(
+    namespace: str,
+    lease: str,
+    *,
+    duration: float = LEASE_DURATION,
+    renew: float = RENEW_DEADLINE,
+    retry: float = RETRY_PERIOD,
+) -> tuple[str, ...]:
     return (
         "--leader-elect",
         f"--leader-election-namespace={namespace}",
         f"--leader-election-id={lease}",
-        f"--leader-elect-lease-duration={LEASE_DURATION:g}s",
-        f"--leader-elect-renew-deadline={RENEW_DEADLINE:g}s",
-        f"--leader-elect-retry-period={RETRY_PERIOD:g}s",
+        f"--leader-elect-lease-duration={duration:g}s",
+        f"--leader-elect-renew-deadline={renew:g}s",
+        f"--leader-elect-retry-period={retry:g}s",
     )
 
 

@@ -166,7 +166,9 @@ async def test_throttled_operator_converges_and_keeps_its_lease(
         started = time.monotonic()
         process = operators(
             kubeconfig,
-            *election_flags(namespace, lease),
+            # The production timings (15 s, 10 s, 2 s): the point is a throttled
+            # flow, not a short deadline on a 2-core machine busy creating objects.
+            *election_flags(namespace, lease, duration=15, renew=10, retry=2),
             f"--namespaces={namespace}",
             "--metrics-bind-address=127.0.0.1:0",
             "--metrics-secure=false",
@@ -174,7 +176,7 @@ async def test_throttled_operator_converges_and_keeps_its_lease(
         identity = await leading(process)
         await gather_limited(
             (create_route(kube, staticroute(f"r-{i}", namespace)) for i in range(ROUTES)),
-            limit=50,
+            limit=10,
         )
 
         async def converged() -> bool:

@@ -194,24 +194,26 @@ def test_retry_budget_allows_a_burst_then_its_rate() -> None:
 async def test_concurrency_halves_on_429_holds_then_grows() -> None:
     clock = FakeClock()
     gate = Concurrency(8, clock=clock)
-    for _ in range(3):
+    for _ in range(5):
         await gate.acquire()
-    assert gate.in_flight == 3
+    assert gate.in_flight == 5
+    await gate.release(throttled=2.0)  # half of the 5 in flight, not of the limit 8
+    assert gate.limit == 2.5
     await gate.release(throttled=2.0)
-    assert gate.limit == 4
     await gate.release(throttled=2.0)
-    assert gate.limit == 2
+    await gate.release(throttled=2.0)
+    assert gate.limit == 1.0  # never below one
     clock.now = 1.5  # still inside the Retry-After: no growth
     await gate.release(throttled=None)
-    assert gate.limit == 2
+    assert gate.limit == 1.0
     assert gate.in_flight == 0
     clock.now = 3.0
     await gate.acquire()
     await gate.release(throttled=None)
-    assert gate.limit == 3
+    assert gate.limit == 2.0
     await gate.acquire()
     await gate.release(throttled=None)  # at most one step a second
-    assert gate.limit == 3
+    assert gate.limit == 2.0
     for step in range(4, 30):
         clock.now = float(step)
         await gate.acquire()
