@@ -43,8 +43,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from bench import prom
 from bench.harness import CONFIGMAP_READY, READY, UNHEALTHY, Harness
 from bench.harness import QUICK as HARNESS_QUICK
@@ -87,37 +85,64 @@ FULL = ProbeSizes()
 QUICK = ProbeSizes(routes=100, services=10, hung_routes=10, window=20.0)
 
 
+class _Answer(asyncio.Protocol):
+    """One connection: read the request head, write the canned answer, close."""
+
+    def __init__(self, router: ManyPortRouter) -> None:
+        self._router = router
+        self._seen = b""
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._seen += data
+        if b"\r\n\r\n" in self._seen and self._transport is not None:
+            self._router.requests += 1
+            self._transport.write(self._router.answer)
+            self._transport.close()
+
+
 class ManyPortRouter:
-    """``GET /health`` -> 200 with a fixed ``dynamic_config``, on ``count`` ports at once."""
+    """``GET /health`` -> 200 with a fixed ``dynamic_config``, on ``count`` ports at once.
+
+    A bare asyncio protocol writing one canned HTTP/1.1 answer (what vllm_router's
+    uvicorn sends, ``Content-Length`` and ``Connection: close``), so that serving 1,000
+    probes a second costs the benchmark process little and the figures are the
+    operator's, not the stand-in's.
+    """
 
     def __init__(self, config: dict[str, Any], address: str, count: int) -> None:
         self.address = address
         self.count = count
-        self._body = json.dumps({"status": "healthy", "dynamic_config": config}).encode()
-        self._runner: web.AppRunner | None = None
+        body = json.dumps({"status": "healthy", "dynamic_config": config}).encode()
+        self.answer = (
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+            + f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+            + body
+        )
+        self._servers: list[asyncio.Server] = []
         self.ports: list[int] = []
         self.requests = 0
 
-    async def _health(self, _request: web.Request) -> web.Response:
-        self.requests += 1
-        return web.Response(body=self._body, content_type="application/json")
-
     async def start(self) -> list[int]:
-        app = web.Application()
-        app.router.add_get("/health", self._health)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
+        loop = asyncio.get_running_loop()
         for _ in range(self.count):
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self.address, 0))
             self.ports.append(int(sock.getsockname()[1]))
-            await web.SockSite(self._runner, sock, backlog=256).start()
+            server = await loop.create_server(lambda: _Answer(self), sock=sock, backlog=256)
+            self._servers.append(server)
         return self.ports
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        for server in self._servers:
+            server.close()
+        for server in self._servers:
+            await server.wait_closed()
 
 
 async def bounded(jobs: list[Callable[[], Awaitable[Any]]], concurrency: int) -> None:
