@@ -591,7 +591,8 @@ async def test_readyz_waits_for_the_caches_and_healthz_answers_meanwhile(
 
     grants.bind_cluster_role(namespace, account, "manager-role")
     await wait_for(lambda: answers(readyz, 200), timeout=120, what="ready once the caches sync")
-    assert await http_get(f"{readyz}?verbose") == (200, "[+]informers ok\nreadyz check passed\n")
+    ready = "[+]informers ok\n[+]credentials ok\nreadyz check passed\n"
+    assert await http_get(f"{readyz}?verbose") == (200, ready)
     assert await http_get(f"{readyz}/informers") == (200, "ok")
     assert (await http_get(f"{readyz}/nothing"))[0] == 404
     assert await http_get(healthz) == (200, "ok")
