@@ -37,12 +37,12 @@ goes to the caller (the work queue's per-key backoff). A 429 also halves how man
 requests the process keeps in flight (:class:`Concurrency`): the server's queue for
 our flow is full, and the Lease renewal shares that flow. On the throttling test's
 one-seat priority level (1,000 StaticRoutes, production lease timings) the leader lost
-its Lease in 1 run of 3 without that cut (2 of 3 with a 6 s renew deadline), in 0 of 4
-with it: it makes a lost Lease unlikely, not impossible. Only a FlowSchema that gives
-the Lease its own priority level guarantees it, as the built-in one does for
-kube-system's controllers. A retried page of a paginated
-LIST is the same request with the same ``continue`` token, so the list resumes where
-it was. A 401 makes the credentials refresh once and the request go again; a 401 that
+its Lease in 1 run of 3 without that cut and in 0 of 4 with it (with a 6 s renew
+deadline: 2 of 3 without, 1 of 3 with): it makes a lost Lease unlikely, not
+impossible. Only a FlowSchema that gives the Lease a priority level of its own
+guarantees it, as the built-in one does for kube-system's controllers. A retried page
+of a paginated LIST is the same request with the same ``continue`` token, so the list
+resumes where it was. A 401 makes the credentials refresh once and the request go again; a 401 that
 survives that marks :class:`AuthHealth` failing (``/readyz``, then ``/healthz``).
 
 Every attempt is counted in ``rest_client_requests_total{code,method,host}`` and every
