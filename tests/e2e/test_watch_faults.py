@@ -80,12 +80,14 @@ async def test_malformed_lines_and_empty_watches_are_survived_and_relisted(
         assert len(empty) == EMPTY_WATCHES
         rate = (len(empty) - 1) / (empty[-1] - empty[0])
         assert rate <= MAX_RECONNECTS_PER_SECOND, f"{rate:.0f} empty watches re-opened a second"
-        # Each spoiled watch was answered with a list: the first list, one per fault.
+        # Each malformed line was answered with a list: the first list, one per line. (An
+        # empty watch is re-listed only when it ended within a second, as client-go's
+        # "very short watch"; on a loaded machine the answer can take longer than that.)
         lists = [
             r for r in relay.requests if list_of("staticroutes", namespace, continued=False)(r)
         ]
-        assert len(lists) >= 1 + len(MALFORMED) + EMPTY_WATCHES, [r.query for r in lists]
-        assert manager.routes.relists >= len(MALFORMED) + EMPTY_WATCHES
+        assert len(lists) >= 1 + len(MALFORMED), [r.query for r in lists]
+        assert manager.routes.relists >= len(MALFORMED)
 
 
 async def test_a_throttled_page_resumes_from_its_continue_token(
