@@ -20,6 +20,7 @@ does not: that is switched off, so a scrape holds the series controller-runtime'
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -32,6 +33,8 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 # controller-runtime's reconcile_time_seconds buckets.
 _RECONCILE_BUCKETS = (
@@ -189,14 +192,10 @@ class Metrics:
             ["namespace", "staticroute"],
             registry=r,
         )
-        self.staticroute_condition = Gauge(
-            "router_controller_staticroute_condition",
-            "The status of each condition of a StaticRoute, as last written: 1 for the "
-            "condition's status (True, False or Unknown), 0 for the other two",
-            ["namespace", "staticroute", "type", "status"],
-            registry=r,
-        )
-        self._condition_types: dict[tuple[str, str], set[str]] = {}
+        # One small tuple per StaticRoute, turned into series at scrape time: as Gauge
+        # children its six series cost about 4 KiB a StaticRoute (44 MiB at 10,000).
+        self.staticroute_condition = ConditionCollector()
+        r.register(self.staticroute_condition)
         self.probe_lateness = Histogram(
             "router_controller_probe_lateness_seconds",
             "How late router probes start, per namespace: actual start minus scheduled start",
@@ -260,22 +259,7 @@ class Metrics:
         and 0 for the others, so an alert can say ``status!="True"`` and a dashboard can
         count StaticRoutes per status. A type no longer in the status loses its series.
         """
-        key = (namespace, name)
-        types: set[str] = set()
-        for condition in conditions:
-            type_ = str(condition.get("type") or "")
-            if not type_:
-                continue
-            types.add(type_)
-            current = str(condition.get("status"))
-            for status in CONDITION_STATUSES:
-                self.staticroute_condition.labels(namespace, name, type_, status).set(
-                    1 if status == current else 0
-                )
-        for gone in self._condition_types.get(key, set()) - types:
-            for status in CONDITION_STATUSES:
-                _remove(self.staticroute_condition, namespace, name, gone, status)
-        self._condition_types[key] = types
+        self.staticroute_condition.set(namespace, name, conditions)
 
     def forget_staticroute(self, namespace: str, name: str) -> None:
         """Drop the series of a deleted StaticRoute so label sets stay bounded."""
@@ -283,9 +267,47 @@ class Metrics:
             _remove(self.probe_total, namespace, name, result)
         _remove(self.probe_duration, namespace, name)
         _remove(self.routers_unhealthy, namespace, name)
-        for type_ in self._condition_types.pop((namespace, name), set()):
-            for status in CONDITION_STATUSES:
-                _remove(self.staticroute_condition, namespace, name, type_, status)
+        self.staticroute_condition.forget(namespace, name)
+
+
+class ConditionCollector(Collector):
+    """``router_controller_staticroute_condition{namespace,staticroute,type,status}``."""
+
+    NAME = "router_controller_staticroute_condition"
+    HELP = (
+        "The status of each condition of a StaticRoute, as last written: 1 for the "
+        "condition's status (True, False or Unknown), 0 for the other two"
+    )
+
+    def __init__(self) -> None:
+        # (namespace, name) -> ((type, status), ...)
+        self._routes: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
+
+    def set(self, namespace: str, name: str, conditions: Iterable[Mapping[str, Any]]) -> None:
+        self._routes[(namespace, name)] = tuple(
+            (sys.intern(str(c["type"])), sys.intern(str(c.get("status"))))
+            for c in conditions
+            if c.get("type")
+        )
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._routes.pop((namespace, name), None)
+
+    def describe(self) -> Iterable[Metric]:
+        return [GaugeMetricFamily(self.NAME, self.HELP, labels=_CONDITION_LABELS)]
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(self.NAME, self.HELP, labels=_CONDITION_LABELS)
+        for (namespace, name), conditions in list(self._routes.items()):
+            for type_, current in conditions:
+                for status in CONDITION_STATUSES:
+                    family.add_metric(
+                        [namespace, name, type_, status], 1.0 if status == current else 0.0
+                    )
+        return [family]
+
+
+_CONDITION_LABELS = ["namespace", "staticroute", "type", "status"]
 
 
 def _remove(metric: Counter | Gauge | Histogram, *labels: str) -> None:
