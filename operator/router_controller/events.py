@@ -51,7 +51,7 @@ from router_controller.metrics import Metrics
 COMPONENT = "router-controller"
 MAX_BUFFER = 5000  # Events waiting to be sent; more are dropped (and counted)
 SENDERS = 4  # concurrent Event creates while the work queue is idle
-BUSY_MAX_WAIT = 30.0  # seconds an Event waits for an idle work queue, at most
+BUSY_MAX_WAIT = 60.0  # seconds an Event waits for an idle work queue, at most
 BUSY_RATE = 2.0  # Events per second that have waited that long, while the queue is busy
 BUSY_BURST = 5.0
 IDLE_RECHECK = 0.25  # seconds between looks at whether a busy work queue went idle
