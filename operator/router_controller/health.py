@@ -50,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -175,6 +176,9 @@ class Prober:
         self._endpoints: dict[Key, dict[str, _Endpoint]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._random = random.Random()  # noqa: S311 -- spreads start times, guards nothing
+        # First probes started at once in the current second: (second, count).
+        self._immediate: tuple[int, int] = (0, 0)
 
     # -- what the reconciler and the informers call ------------------------------------
 
@@ -397,17 +401,35 @@ class Prober:
                     check=check,
                     state=state,
                     changed_at=entry.get("lastProbeTime") if entry else None,
-                    due=now,
+                    due=self._first_due(now, check.period_seconds, resumed=entry is not None),
                 )
                 current[address] = endpoint
                 self._queue.add(endpoint.key)
             elif endpoint.check != check:
                 endpoint.check = check
                 if endpoint.task is None:  # a new period applies now, not after the old one
-                    endpoint.due = now
+                    endpoint.due = self._first_due(now, check.period_seconds, resumed=False)
                     self._queue.add(endpoint.key)
         if not current:
             del self._endpoints[key]
+
+    def _first_due(self, now: float, period: float, *, resumed: bool) -> float:
+        """When a new (or re-timed) endpoint's first probe should start.
+
+        At once, unless it comes in a burst: an endpoint whose state was resumed from
+        the status (an operator restart or a new leader learns every endpoint at once),
+        or one beyond a slots' worth of first probes in the same second. Those start
+        at a random point within their period instead, so that their probes do not
+        all fall due together again in every later period.
+        """
+        if resumed:
+            return now + self._random.random() * period
+        second = int(now)
+        seen = self._immediate[1] if self._immediate[0] == second else 0
+        if seen >= self.limits.total:
+            return now + self._random.random() * period
+        self._immediate = (second, seen + 1)
+        return now
 
     def _drop(self, endpoint: _Endpoint) -> None:
         """Stop probing an endpoint; a probe in flight is abandoned, freeing its slot.
