@@ -37,7 +37,10 @@ starve, blind or exhaust it for the others:
 An endpoint is *config-synced* when the ``dynamic_config`` in its ``/health`` answer
 holds, for every key our file sets, the same value. Right after a change that is
 normally false for a while (kubelet volume sync, then the router's 10 s re-read), so
-it is reported as pending, not as an error. The last answer is kept and compared
+it is reported as pending, not as an error -- until the window of
+:data:`~router_controller.routerstate.CONFIG_NOT_APPLIED_AFTER` (derived there from
+the kubelet's and the router's documented intervals) is over: then it is
+``ConfigNotApplied``, seen at the first probe after the window. The last answer is kept and compared
 with the *current* file whenever a report is made, so a changed spec never reports
 a router as synced on the strength of an answer to the previous config.
 
@@ -64,11 +67,13 @@ from router_controller.kube import Object
 from router_controller.metrics import Metrics
 from router_controller.reconciler import RouterReport
 from router_controller.routerstate import (
+    CONFIG_NOT_APPLIED_AFTER,
     MAX_HEALTH_BODY,
     EndpointState,
     ProbeResult,
     build_report,
     clip,
+    parse_time,
     read_health,
     selector_matches,
     too_long,
@@ -115,6 +120,7 @@ class _Endpoint:
     check: HealthCheck
     state: EndpointState
     changed_at: str | None = None
+    viewed_at: float | None = None  # when the last probe's result was judged (POSIX seconds)
     due: float = 0.0  # when the next probe should start (loop time)
     task: asyncio.Task[None] | None = None  # the probe in flight, if any
 
@@ -130,6 +136,7 @@ class _Route:
     services: set[Key] = field(default_factory=set)
     expected: dict[str, Any] | None = None
     problem: tuple[str, str] | None = None  # (reason, message) when no endpoint can be probed
+    applied_at: float | None = None  # status.lastAppliedTime: when the file last changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +162,7 @@ class Prober:
         allow_cross_namespace: bool,
         session: aiohttp.ClientSession | None = None,
         now: Callable[[], str] | None = None,
+        config_not_applied_after: float = CONFIG_NOT_APPLIED_AFTER,
     ) -> None:
         self._services = services
         self._slices = endpointslices
@@ -167,6 +175,7 @@ class Prober:
         self._session = session
         self._own_session = session is None
         self._now = now or (lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        self._not_applied_after = config_not_applied_after
         self._routes: dict[Key, _Route] = {}
         # Reverse indexes, so a Service or EndpointSlice event finds its StaticRoutes
         # without scanning them all: by Service, and (for selectors) by namespace.
@@ -232,7 +241,8 @@ class Prober:
         if spec.router_ref is None and spec.router_selector is None:
             self.forget(*key)
             return None
-        state = _Route(expected=expected)
+        applied_at = parse_time((route.get("status") or {}).get("lastAppliedTime"))
+        state = _Route(expected=expected, applied_at=applied_at)
         addresses: list[str] = []
         if spec.router_ref is not None:
             ref_ns = spec.router_ref.namespace or key[0]
@@ -451,9 +461,16 @@ class Prober:
     def _report(self, key: Key, generation: int | None) -> RouterReport:
         route = self._routes[key]
         endpoints = self._endpoints.get(key, {})
+        now = parse_time(self._now())
         views = [
             replace(
-                endpoints[a].state.view(route.expected), last_probe_time=endpoints[a].changed_at
+                endpoints[a].state.view(
+                    route.expected,
+                    now=now,
+                    applied_at=route.applied_at,
+                    window=self._not_applied_after,
+                ),
+                last_probe_time=endpoints[a].changed_at,
             )
             for a in sorted(endpoints)
         ]
@@ -544,15 +561,23 @@ class Prober:
         self._metrics.probe_duration.labels(*key).observe(loop.time() - started)
         route = self._routes.get(key)
         expected = route.expected if route is not None else None
-        before = endpoint.state.view(expected)
-        endpoint.state.observe(result, check)
-        after = endpoint.state.view(expected)
+        stamp = self._now()
+        now = parse_time(stamp)
+        applied_at = route.applied_at if route is not None else None
+        window = self._not_applied_after
+        # Before: as judged at the previous probe, so a window that lapsed since is a change.
+        before = endpoint.state.view(
+            expected, now=endpoint.viewed_at or now, applied_at=applied_at, window=window
+        )
+        endpoint.state.observe(result, check, now=now)
+        after = endpoint.state.view(expected, now=now, applied_at=applied_at, window=window)
+        endpoint.viewed_at = now
         outcome = (
             "unhealthy" if not result.ok else ("stale" if after.synced is False else "healthy")
         )
         self._metrics.probe_total.labels(*key, outcome).inc()
         if after != before:
-            endpoint.changed_at = self._now()
+            endpoint.changed_at = stamp
             self._enqueue(key)
         endpoint.due = started + endpoint.check.period_seconds
         self._queue.add_after(endpoint.key, max(0.0, endpoint.due - loop.time()))

@@ -145,6 +145,7 @@ class Manager:
             enqueue=self._recheck,
             concurrency=self.settings.probe_concurrency,
             allow_cross_namespace=self.settings.allow_cross_namespace_router_ref,
+            config_not_applied_after=self.settings.config_not_applied_after,
         )
         self.reconciler = StaticRouteReconciler(
             kube=self.kube,

@@ -241,7 +241,9 @@ class StaticRouteReconciler:
         report = None
         if self._health is not None:
             expected = None if outcome.problem is not None else rendered.content
-            report = self._health.sync(route, spec, expected)
+            # With the status as it is about to be written: its lastAppliedTime opens the
+            # window after which a router that serves another file is "not applied".
+            report = self._health.sync({**route, "status": status}, spec, expected)
         if report is not None:
             desired.extend(report.conditions)
             status["routers"] = report.routers
@@ -500,6 +502,9 @@ _EVENTS = {
     cond.ROUTER_HEALTHY: ("RouterHealthy", "Warning"),
     cond.ROUTER_CONFIG_SYNCED: ("RouterConfigSynced", "Normal"),
 }
+# Reasons that need someone to act, whatever the condition's usual Event type: a
+# router still serving another file after the sync window will not catch up alone.
+_WARNING_REASONS = {"ConfigNotApplied"}
 
 
 def _transition_events(
@@ -516,7 +521,8 @@ def _transition_events(
                 continue  # the ConfigMapCreated event already says it
             events.append(("Normal", true_reason, new["message"]))
         else:
-            events.append((false_type, new["reason"], new["message"]))
+            warning = new["reason"] in _WARNING_REASONS
+            events.append(("Warning" if warning else false_type, new["reason"], new["message"]))
     return events
 
 

@@ -15,11 +15,30 @@ endpoint(s) unhealthy: a: ...; b: ...; c: ... and 9 more"), and ``status.routers
 lists at most :data:`MAX_LISTED` endpoints, those with a problem first. Whatever the
 routers answer, a status then stays under about 0.7 MiB and every message under 4 KiB.
 Other parts may reuse :func:`clip` and :func:`summarise` for their own messages.
+
+A healthy router that serves another config than the file is *pending* for a while
+after a change, and then *not applied*. The window, :data:`CONFIG_NOT_APPLIED_AFTER`,
+is derived from documented figures: the kubelet projects a changed ConfigMap into a
+mounted volume within its sync period (``--sync-frequency``, 1 minute by default)
+plus the propagation delay of its ConfigMap cache (at most the cache's TTL, 1 minute
+by default; "Mounted ConfigMaps are updated automatically" in the Kubernetes docs),
+and vllm_router's ``DynamicConfigWatcher`` then re-reads the file every 10 s
+(``watch_interval`` 10 in its ``app.py``); three re-reads are allowed, so that one
+slow read or a probe in between does not raise a false alarm: 60 + 60 + 3 x 10 =
+150 s. It starts at the later of two times: when the ConfigMap's content last changed
+(``status.lastAppliedTime``: the kubelet cannot have projected it earlier) and when
+this endpoint was first seen serving the config it serves now (a replica that comes
+up or recovers later, or that moved to yet another config, gets a window of its own;
+:meth:`EndpointState.observe`). Once it lapsed the endpoint is reported as
+``ConfigNotApplied``, which a restarted operator resumes from ``status.routers``
+instead of starting another window (:meth:`EndpointState.resume`).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,9 +60,47 @@ MAX_ENDPOINT_MESSAGE = 512  # characters of one endpoint's message in status.rou
 MAX_NAMED = 5  # endpoints named in one condition message; the others are counted
 MAX_LISTED = 1000  # entries of status.routers
 
-SYNC_DELAY_NOTE = (
-    "(a router re-reads its file about every 10 s after the kubelet updates the mounted ConfigMap)"
+KUBELET_SYNC_PERIOD = 60.0  # the kubelet's --sync-frequency default
+KUBELET_CONFIGMAP_CACHE_TTL = 60.0  # the kubelet's ConfigMap cache TTL default
+ROUTER_REREAD_INTERVAL = 10.0  # vllm_router's DynamicConfigWatcher watch_interval
+ROUTER_REREADS = 3  # re-reads allowed after the kubelet projected the file
+CONFIG_NOT_APPLIED_AFTER = (
+    KUBELET_SYNC_PERIOD + KUBELET_CONFIGMAP_CACHE_TTL + ROUTER_REREADS * ROUTER_REREAD_INTERVAL
 )
+
+SYNC_DELAY_NOTE = (
+    "(a router re-reads its file about every 10 s after the kubelet updates the mounted "
+    "ConfigMap, which takes up to 2 minutes)"
+)
+# How an endpoint's message starts, in status.routers, while it is pending or once its
+# window lapsed; :meth:`EndpointState.resume` reads them back after a restart.
+SERVES_ANOTHER = "healthy, but serves another config"
+NOT_APPLIED = "healthy, but has not applied the current config within"
+NOT_APPLIED_HINT = (
+    'Look in the router\'s log for "DynamicConfigWatcher: Error loading config file" '
+    "(it refused the file, and says why); without such a line, check that the router Pods "
+    "mount this StaticRoute's ConfigMap (status.configMapRef) as a volume, not with subPath, "
+    "and are started with --dynamic-config-json pointing at its dynamic_config.json"
+)
+
+
+def parse_time(stamp: str | None) -> float | None:
+    """An RFC 3339 time (``2026-01-01T00:00:00Z``) as POSIX seconds; None if it is not one."""
+    if not stamp:
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
+
+
+def duration(seconds: float) -> str:
+    """150 -> "2m30s", 3 -> "3s": as a Go time.Duration prints whole seconds."""
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m{rest}s" if minutes else f"{rest}s"
 
 
 def clip(text: str, limit: int = MAX_ROUTER_TEXT) -> str:
@@ -144,6 +201,7 @@ class EndpointView:
     message: str
     no_dynamic_config: bool = False  # healthy, but its /health carries no dynamic_config
     last_probe_time: str | None = None
+    not_applied: bool = False  # serves another config after CONFIG_NOT_APPLIED_AFTER
 
 
 @dataclass
@@ -153,6 +211,11 @@ class EndpointState:
     The state starts undecided. ``failure_threshold`` consecutive failures make the
     endpoint unhealthy, ``success_threshold`` consecutive successes healthy; fewer
     leave the previous state as it was, as the kubelet does.
+
+    ``config_since`` is when the endpoint was first seen serving the config it serves
+    now (POSIX seconds, from the ``now`` given to :meth:`observe`); with the time the
+    file last changed it opens the window after which a config it does not serve is
+    reported as not applied rather than pending.
     """
 
     address: str
@@ -164,29 +227,52 @@ class EndpointState:
     # What an earlier run of the operator wrote on the status for this endpoint, shown
     # until the first probe of this run: a restart then changes (and writes) nothing.
     resumed: EndpointView | None = None
+    config_since: float | None = None
+    keep_since: bool = False  # a resumed config_since, kept by the first answer
 
     @classmethod
     def resume(cls, address: str, entry: dict[str, Any]) -> EndpointState:
-        """Start from a ``status.routers`` entry that describes the current spec."""
+        """Start from a ``status.routers`` entry that describes the current spec.
+
+        An endpoint the status reports as not applied stays so (its window lapsed
+        before the restart: ``config_since`` is the distant past); one reported as
+        serving another config resumes its window from the entry's ``lastProbeTime``,
+        when it was first reported so. The first answer keeps that time.
+        """
         healthy = entry.get("healthy")
+        synced = bool(entry.get("configSynced")) if healthy else None
+        message = clip(str(entry.get("message") or ""), MAX_ENDPOINT_MESSAGE)
+        stale = bool(healthy) and synced is False
         view = EndpointView(
             address,
             bool(healthy),
-            bool(entry.get("configSynced")) if healthy else None,
-            clip(str(entry.get("message") or ""), MAX_ENDPOINT_MESSAGE),
+            synced,
+            message,
+            not_applied=stale and _says_not_applied(message),
         )
+        since = None
+        if view.not_applied:
+            since = -math.inf
+        elif stale and message.startswith(SERVES_ANOTHER):
+            since = parse_time(entry.get("lastProbeTime"))
         return cls(
             address,
             healthy=bool(healthy),
             failure="" if healthy else view.message,
             resumed=view,
+            config_since=since,
+            keep_since=since is not None,
         )
 
-    def observe(self, result: ProbeResult, check: HealthCheck) -> None:
+    def observe(self, result: ProbeResult, check: HealthCheck, *, now: float | None = None) -> None:
+        """Fold in one probe's result; ``now`` (POSIX seconds) is when it ran."""
         self.resumed = None
         if result.ok:
             self.successes += 1
             self.failures = 0
+            if result.config != self.config and not self.keep_since:
+                self.config_since = now
+            self.keep_since = False
             self.config = result.config
             if self.successes >= check.success_threshold:
                 self.healthy = True
@@ -197,9 +283,22 @@ class EndpointState:
             if self.failures >= check.failure_threshold:
                 self.healthy = False
                 self.config = None
+                self.config_since = None
+                self.keep_since = False
 
-    def view(self, expected: dict[str, Any] | None) -> EndpointView:
-        """The endpoint as the status shows it, its config compared with ``expected``."""
+    def view(
+        self,
+        expected: dict[str, Any] | None,
+        *,
+        now: float | None = None,
+        applied_at: float | None = None,
+        window: float = CONFIG_NOT_APPLIED_AFTER,
+    ) -> EndpointView:
+        """The endpoint as the status shows it, its config compared with ``expected``.
+
+        ``now`` and ``applied_at`` (when the file last changed) are POSIX seconds;
+        without ``now`` a config that differs is pending however long it has.
+        """
         if self.resumed is not None:
             return self.resumed
         if self.healthy is False:
@@ -225,13 +324,29 @@ class EndpointState:
             )
         different = config_mismatches(expected, self.config)
         if different:
-            return EndpointView(
-                self.address,
-                True,
-                False,
-                f"healthy, but serves another config ({', '.join(different)} differ)",
-            )
+            keys = ", ".join(different)
+            if self._lapsed(now, applied_at, window):
+                return EndpointView(
+                    self.address,
+                    True,
+                    False,
+                    f"{NOT_APPLIED} {duration(window)} of the change ({keys} differ)",
+                    not_applied=True,
+                )
+            return EndpointView(self.address, True, False, f"{SERVES_ANOTHER} ({keys} differ)")
         return EndpointView(self.address, True, True, "healthy, serving the current config")
+
+    def _lapsed(self, now: float | None, applied_at: float | None, window: float) -> bool:
+        """Whether the window for serving the current file is over (see the module doc)."""
+        if now is None or self.config_since is None:
+            return False
+        start = max(self.config_since, -math.inf if applied_at is None else applied_at)
+        return now - start >= window
+
+
+def _says_not_applied(message: str) -> bool:
+    """Whether an endpoint's message in ``status.routers`` says its window lapsed."""
+    return message.startswith(NOT_APPLIED)
 
 
 # -- the report ----------------------------------------------------------------------
@@ -290,6 +405,7 @@ def build_report(
     live = [v for v in views if v.healthy]
     missing = [v for v in live if v.no_dynamic_config]
     stale = [v for v in live if v.synced is False and not v.no_dynamic_config]
+    lapsed = [v for v in stale if v.not_applied]
     if not has_config:
         synced = cond.condition(
             cond.ROUTER_CONFIG_SYNCED,
@@ -301,6 +417,15 @@ def build_report(
     elif missing:
         synced = cond.condition(
             cond.ROUTER_CONFIG_SYNCED, False, "NoDynamicConfig", _list(missing), generation
+        )
+    elif lapsed:
+        synced = cond.condition(
+            cond.ROUTER_CONFIG_SYNCED,
+            False,
+            "ConfigNotApplied",
+            f"{len(lapsed)} of {len(live)} healthy endpoint(s) do not apply the current config: "
+            f"{_list(lapsed)}. {NOT_APPLIED_HINT}",
+            generation,
         )
     elif stale:
         synced = cond.condition(

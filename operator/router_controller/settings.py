@@ -90,6 +90,10 @@ class Settings(_Frozen):
     # Shared fairly: one namespace may hold half, one StaticRoute a quarter (fairshare.py),
     # so one namespace alone gets the 64 the pool had before it was shared.
     probe_concurrency: int = Field(default=128, ge=1)
+    # How long a healthy router may serve another config than the file before it is
+    # ConfigNotApplied: routerstate.CONFIG_NOT_APPLIED_AFTER, derived from the kubelet's
+    # and the router's documented intervals. Not a flag; shortened only in tests.
+    config_not_applied_after: float = Field(default=150.0, gt=0)
     # With the Event drain and the Lease release it must fit the Deployment's
     # terminationGracePeriodSeconds (see manager.shutdown_budget).
     shutdown_timeout: float = Field(default=15.0, gt=0)
