@@ -431,6 +431,7 @@ def render(results: dict[str, Any]) -> str:
             f"{ns['probes_per_second']:7.1f} probes/s, lateness p50 {ns['lateness_p50_ms']:.1f} ms"
             f", p99 {ns['lateness_p99_ms']:.1f} ms (target < 1000 ms: "
             f"{'ok' if ok else 'MISSED'}), {ns['started_within_1s_percent']:.2f}% within 1 s"
+            f" (load average {phase['load_average']})"
         )
 
     lines.append(line("healthy only", probing["healthy_only"]))

@@ -22,6 +22,25 @@ starve, blind or exhaust it for the others:
   ``periodSeconds``) by the CRD and the API model, so no probe holds a slot longer.
   How late each probe starts is exported as
   ``router_controller_probe_lateness_seconds{namespace}``.
+- **Spreading.** The next probe is due ``periodSeconds`` after the last one
+  *started*, so endpoints keep the phase of their first probe for ever. When 10,000
+  of them are learned at once (a restart or a new leader resumes every endpoint from
+  the status; a bulk create) and all start now, every later period opens with the
+  same burst, which queues behind the slots and the CPU for seconds. So a first probe
+  that comes in a burst (resumed, or beyond ``--probe-concurrency`` first probes in
+  one second) starts at a random point within its period, as the kubelet does for
+  the probes it starts in its first period; a few new endpoints are still probed at
+  once, so a new StaticRoute does not wait a period to turn Ready.
+- **HTTP.** One shared session, one connection per probe, closed after the answer
+  (``force_close``). Keep-alive was weighed and left out: vllm_router runs uvicorn
+  with its default 5 s keep-alive timeout, shorter than the default
+  ``periodSeconds`` (10 s), so a kept connection would nearly always be closed by the
+  router before the next probe and reuse would save nothing, while every idle kept
+  connection costs a descriptor on both sides (10,000 endpoints: thousands held).
+  A probe costs about half a millisecond of CPU, about half of it aiohttp's request
+  and connection handling and most of the rest the event loop and bookkeeping; the
+  parts that can be skipped per probe (parsing an unchanged body, building the
+  timeout and URL objects) measured a few microseconds each and are left as they are.
 - **Reading.** At most :data:`~router_controller.routerstate.MAX_HEALTH_BODY` bytes of
   an answer are read (a longer one fails the probe), without decompression, and
   every text a router sends is clipped before it reaches a status (see
