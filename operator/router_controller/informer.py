@@ -367,13 +367,14 @@ class Informer:
                 resource_version = version
             if kind == "BOOKMARK":
                 continue
-            obj = self._prepare(obj)
             key = key_of(obj)
             if kind == "DELETED":
-                self._handler("DELETED", obj, self._drop(key))
+                self._handler("DELETED", self._prepare(obj), self._drop(key))
             elif version and _version_of(self._cache.get(key)) == version:
                 continue  # our own write, cached already (see written())
             else:
+                obj = self._prepare(obj)
+                key = key_of(obj)  # its strings shared, as the cache holds them
                 self._handler(kind, obj, self._store(key, obj))
         if events == 0 and loop.time() - started < SHORT_WATCH_SECONDS:
             raise ShortWatch(
