@@ -109,18 +109,23 @@ class OperatorProcess:
             return await resp.text()
 
     async def queue_state(self) -> tuple[float, float, float]:
-        """(reconciles so far, queue depth, busy workers) of the StaticRoute controller."""
+        """(reconciles so far, queue depth, work in flight) of the StaticRoute controller.
+
+        Work in flight is busy workers plus Events still to be sent (they follow the
+        reconcile writes; an operator without that gauge reports none).
+        """
         text = await self.metrics()
         return (
             prom.total(text, "controller_runtime_reconcile_total", controller=CONTROLLER),
             prom.total(text, "workqueue_depth", name=CONTROLLER),
-            prom.total(text, "controller_runtime_active_workers", controller=CONTROLLER),
+            prom.total(text, "controller_runtime_active_workers", controller=CONTROLLER)
+            + prom.total(text, "router_controller_events_pending"),
         )
 
     async def wait_idle(
         self, *, stable: float = 1.0, interval: float = 0.1, timeout: float = 600.0
     ) -> float:
-        """Wait until the queue is empty, no worker busy and no reconcile for ``stable`` s.
+        """Wait until the queue is empty, nothing in flight and no reconcile for ``stable`` s.
 
         Returns the monotonic time at which the operator went idle (the first poll of
         the final quiet stretch).
