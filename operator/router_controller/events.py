@@ -26,7 +26,8 @@ On a graceful stop :meth:`drain` sends what is left (ignoring the priority rule)
 a timeout; on a lost lease :meth:`abandon` drops it, since no write may follow.
 
 Written here rather than taken from a library: kubernetes-asyncio has no broadcaster,
-and the whole of it is a buffer and a token bucket over two API calls.
+and the whole of it is a buffer and token buckets (:mod:`router_controller.ratelimit`)
+over two API calls.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ import structlog
 from router_controller.conditions import rfc3339
 from router_controller.kube import EVENTS, ApiError, NotFound, Object
 from router_controller.metrics import Metrics
+from router_controller.ratelimit import TokenBucket
 
 COMPONENT = "router-controller"
 MAX_BUFFER = 5000  # Events waiting to be sent; more are dropped (and counted)
@@ -72,34 +74,6 @@ class EventApi(Protocol):
     async def create(self, path: str, body: Object) -> Object: ...
 
     async def merge_patch(self, path: str, body: Object) -> Object: ...
-
-
-class TokenBucket:
-    """``rate`` tokens a second up to ``burst``, on an injected monotonic clock."""
-
-    def __init__(self, *, rate: float, burst: float, clock: Callable[[], float]) -> None:
-        self._rate = rate
-        self._burst = burst
-        self._clock = clock
-        self._tokens = burst
-        self._at = clock()
-
-    def _refill(self) -> None:
-        now = self._clock()
-        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
-        self._at = now
-
-    def take(self) -> bool:
-        self._refill()
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
-
-    def wait_time(self) -> float:
-        """Seconds until a token is there (0 if one is)."""
-        self._refill()
-        return max(0.0, (1.0 - self._tokens) / self._rate)
 
 
 @dataclass

@@ -69,6 +69,7 @@ import structlog
 
 from router_controller.kubeconfig import REFRESH_AFTER_401_MIN, ClientConfig, load_client_config
 from router_controller.metrics import Metrics
+from router_controller.ratelimit import TokenBucket
 
 log = structlog.get_logger("kube")
 
@@ -290,28 +291,6 @@ class RetryPolicy:
     burst: int = 10  # ... with this many at once
 
 
-class RetryBudget:
-    """A token bucket shared by every client of the process: the global cap on retries."""
-
-    def __init__(
-        self, *, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self._rate = rate
-        self._burst = float(burst)
-        self._tokens = float(burst)
-        self._clock = clock
-        self._at = clock()
-
-    def take(self) -> bool:
-        now = self._clock()
-        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
-        self._at = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
-
-
 class Concurrency:
     """How many requests a client family has in flight, cut at once when throttled.
 
@@ -410,7 +389,7 @@ class _Shared:
     config: ClientConfig
     metrics: Metrics
     user_agent: str
-    budget: RetryBudget
+    budget: TokenBucket  # the global cap on retries
     auth: AuthHealth
     concurrency: Concurrency
     refreshed_at: float = -math.inf  # when a 401 last forced a credential refresh
@@ -444,7 +423,7 @@ class Kube:
             config=config,
             metrics=metrics,
             user_agent=user_agent,
-            budget=RetryBudget(rate=policy.rate, burst=policy.burst),
+            budget=TokenBucket(rate=policy.rate, burst=policy.burst),
             auth=AuthHealth(),
             concurrency=Concurrency(connections),
         )

@@ -54,6 +54,7 @@ from typing import Protocol
 
 from router_controller.kube import Kube
 from router_controller.metrics import Metrics
+from router_controller.ratelimit import TokenBucket
 
 ALLOWED_TTL = 60.0
 REFUSED_TTL = 30.0
@@ -73,35 +74,6 @@ class Review(Protocol):
     """Ask the API server about one bearer token: 200 (allowed), 401 or 403."""
 
     def __call__(self, token: str) -> Awaitable[int]: ...
-
-
-class TokenBucket:
-    """``rate`` permits per second, at most ``burst`` saved up (client-go's token bucket)."""
-
-    def __init__(self, *, rate: float, burst: int, clock: Clock) -> None:
-        self._rate = rate
-        self._burst = float(burst)
-        self._clock = clock
-        self._tokens = float(burst)
-        self._at = clock()
-
-    def _refill(self) -> None:
-        now = self._clock()
-        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
-        self._at = now
-
-    def take(self) -> bool:
-        """Spend one permit if there is one; never waits."""
-        self._refill()
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
-
-    def wait_time(self) -> float:
-        """Seconds until the next permit."""
-        self._refill()
-        return max(0.0, (1.0 - self._tokens) / self._rate)
 
 
 class _Lru:

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from router_controller import events
-from router_controller.events import EventRecorder, TokenBucket
+from router_controller.events import EventRecorder
 from router_controller.kube import NotFound, Object
 from router_controller.metrics import Metrics
 from tests.e2e.support import wait_for
@@ -191,15 +191,3 @@ async def test_drain_sends_everything_even_while_busy() -> None:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-
-
-def test_token_bucket() -> None:
-    clock = Clock()
-    bucket = TokenBucket(rate=2, burst=3, clock=clock)
-    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
-    assert bucket.wait_time() == pytest.approx(0.5)
-    clock.t += 0.5
-    assert bucket.take()
-    assert not bucket.take()
-    clock.t += 100
-    assert [bucket.take() for _ in range(4)] == [True, True, True, False]

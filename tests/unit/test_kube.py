@@ -19,13 +19,13 @@ from router_controller.kube import (
     Concurrency,
     Forbidden,
     Invalid,
-    RetryBudget,
     ServerError,
     TooManyRequests,
     Unauthorized,
     error_from_status,
     parse_retry_after,
 )
+from router_controller.ratelimit import TokenBucket
 
 PATH = "/api/v1/namespaces/ns/configmaps"
 
@@ -180,7 +180,7 @@ class FakeClock:
 
 def test_retry_budget_allows_a_burst_then_its_rate() -> None:
     clock = FakeClock()
-    budget = RetryBudget(rate=5.0, burst=10, clock=clock)
+    budget = TokenBucket(rate=5.0, burst=10, clock=clock)
     assert [budget.take() for _ in range(11)] == [True] * 10 + [False]
     clock.now = 0.1  # half a token
     assert not budget.take()

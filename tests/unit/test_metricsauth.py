@@ -17,7 +17,6 @@ from router_controller.metricsauth import (
     ALLOWED_TTL,
     REFUSED_TTL,
     MetricsAuth,
-    TokenBucket,
 )
 
 
@@ -193,15 +192,3 @@ async def test_close_cancels_reviews_still_running() -> None:
     await checker.close()
     with pytest.raises(asyncio.CancelledError):
         await waiter
-
-
-def test_the_token_bucket_refills_at_its_rate_up_to_its_burst() -> None:
-    clock = Clock()
-    bucket = TokenBucket(rate=2, burst=3, clock=clock)
-    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
-    assert bucket.wait_time() == pytest.approx(0.5)
-    clock.now += 0.5
-    assert bucket.take()
-    assert not bucket.take()
-    clock.now += 100  # saved permits never exceed the burst
-    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
