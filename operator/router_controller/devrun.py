@@ -55,7 +55,9 @@ ROUTER_RELOAD_SECONDS = 10.0  # vllm_router re-reads its dynamic config file thi
 OPERATOR_STOP_TIMEOUT = 45.0
 # The local plane's Service cluster IPs are loopback addresses (see router_service).
 SERVICE_CIDR = "127.0.100.0/24"
-ROUTER_ADDRESS = "127.0.100.80"
+# In the range's lower band, which the API server keeps for fixed cluster IPs and
+# gives out automatically only when the rest is used up: no other Service takes it.
+ROUTER_ADDRESS = "127.0.100.10"
 
 
 def say(message: str) -> None:

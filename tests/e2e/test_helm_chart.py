@@ -56,6 +56,8 @@ CRD = "staticroutes.production-stack.vllm.ai"
 IMG_REPOSITORY, IMG_TAG = "example.com/router-controller", "v0.1.0"
 # Services get loopback cluster IPs here, so a stand-in router can be a Service's IP.
 SERVICE_CIDR = "127.0.103.0/24"
+# Fixed cluster IPs below come from the range's lower band, which the API server keeps
+# for fixed addresses and hands out automatically only when the rest is used up.
 # Helm's cache, config and data folders, kept out of the user's own.
 HELM_HOME = Path(tempfile.gettempdir()) / "router-controller-helm"
 HELM_DIRS = ("CACHE", "CONFIG", "DATA")
@@ -431,7 +433,7 @@ async def test_helm_install_and_the_chart_service_account_makes_the_sample_ready
         token = plane.token_for(SERVICE_ACCOUNT, NAMESPACE)
         kubeconfig = plane.kubeconfig_for_token(token, tmp_path / "kubeconfig", SERVICE_ACCOUNT)
         metrics_port = envtest.free_port()
-        async with stand_in_router(admin, namespace, "127.0.103.80"):
+        async with stand_in_router(admin, namespace, "127.0.103.10"):
             plane.kubectl("apply", "-n", namespace, "-k", str(REPO / "config" / "samples"))
             process = operators(kubeconfig, *operator_args(objects, metrics_port))
             route = await wait_condition(
@@ -488,7 +490,7 @@ async def test_with_namespaces_the_operator_works_with_namespaced_roles_only(
         kubeconfig = plane.kubeconfig_for_token(token, tmp_path / "kubeconfig", SERVICE_ACCOUNT)
         args = operator_args(objects, envtest.free_port())
         assert f"--namespaces={watched},{other}" in args
-        async with stand_in_router(admin, watched, "127.0.103.81"):
+        async with stand_in_router(admin, watched, "127.0.103.11"):
             plane.kubectl("apply", "-n", watched, "-k", str(REPO / "config" / "samples"))
             await create_route(admin, staticroute("not-watched", outside))
             process = operators(kubeconfig, *args)

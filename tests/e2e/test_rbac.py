@@ -62,7 +62,9 @@ LEASE_NAME = "27bc728d.vllm.ai"
 CRD = f"{PLURAL}.production-stack.vllm.ai"
 # Services get loopback cluster IPs here, so a stand-in router can be a Service's IP.
 SERVICE_CIDR = "127.0.101.0/24"
-ROUTER_ADDRESS = "127.0.101.80"
+# In the range's lower band, which the API server keeps for fixed cluster IPs and
+# gives out automatically only when the rest is used up: no other Service takes it.
+ROUTER_ADDRESS = "127.0.101.10"
 
 Triple = tuple[str, str, str]  # (apiGroup, resource, verb)
 
