@@ -44,6 +44,7 @@ from router_controller.leader import micro_time
 from router_controller.metrics import Metrics
 from router_controller.reconciler import STATICROUTES
 from tests.conftest import install_crds
+from tests.e2e import leases
 from tests.e2e.processes import (
     SHUTDOWN_LEAKS,
     Background,
@@ -66,7 +67,7 @@ from tests.e2e.support import (
 )
 
 # Short enough for tests, long enough for a busy 2-core machine to renew in time.
-LEASE_DURATION, RENEW_DEADLINE, RETRY_PERIOD = 8.0, 6.0, 1.0
+LEASE_DURATION, RETRY_PERIOD = leases.LEASE_DURATION, leases.RETRY_PERIOD
 COMPONENT = "router-controller"
 RESULTS = {"success", "error", "requeue", "requeue_after"}
 
@@ -89,23 +90,9 @@ async def kube(control_plane: ControlPlane) -> AsyncIterator[Kube]:
         await client.close()
 
 
-def election_flags(
-    namespace: str,
-    lease: str,
-    *,
-    duration: float = LEASE_DURATION,
-    renew: float = RENEW_DEADLINE,
-    retry: float = RETRY_PERIOD,
-) -> tuple[str, ...]:
-    return (
-        "--leader-elect",
-        f"--leader-election-namespace={namespace}",
-        f"--leader-election-id={lease}",
-        f"--leader-elect-lease-duration={duration:g}s",
-        f"--leader-elect-renew-deadline={renew:g}s",
-        f"--leader-elect-retry-period={retry:g}s",
-        f"--namespaces={namespace}",
-    )
+def election_flags(namespace: str, lease: str, **timings: float) -> tuple[str, ...]:
+    """Leader election in ``namespace`` with short timings, watching only that namespace."""
+    return (*leases.election_flags(namespace, lease, **timings), f"--namespaces={namespace}")
 
 
 def unique_lease() -> str:
