@@ -32,9 +32,9 @@ from bench.harness import CONFIGMAP_READY, Harness, Sizes
 from bench.procstat import MIB
 from bench.workload import condition_is, create_namespace, route_name, staticroute
 from router_controller import envtest
+from router_controller.api import STATICROUTES
 from router_controller.kube import ENDPOINTSLICES, SERVICES, Kube, Object
 from router_controller.metrics import Metrics
-from router_controller.reconciler import STATICROUTES
 
 REPO = Path(__file__).resolve().parents[1]
 SERVICE_CIDR = "10.96.0.0/16"  # room for every Service of the big cluster

@@ -25,9 +25,9 @@ import json
 import time
 from typing import Any
 
+from router_controller.api import STATICROUTES
 from router_controller.kube import CONFIGMAPS, Kube, Object
 from router_controller.metrics import Metrics
-from router_controller.reconciler import STATICROUTES
 
 API_VERSION = "production-stack.vllm.ai/v1alpha1"
 LABEL = {"app.kubernetes.io/managed-by": "router-controller"}

@@ -50,9 +50,9 @@ from bench.operator_process import OperatorProcess
 from bench.routers import SERVICE_NAME_LABEL, HangingRouter, host_address, running_config
 from bench.workload import SPEC, ConditionWatch, create_namespace, route_name
 from router_controller import envtest
+from router_controller.api import STATICROUTES
 from router_controller.kube import ENDPOINTSLICES, SERVICES, Kube, Object
 from router_controller.metrics import Metrics
-from router_controller.reconciler import STATICROUTES
 
 SCENARIOS = ("probe-scheduling",)  # what ``make bench ARGS="--only NAME"`` selects
 LATENESS = "router_controller_probe_lateness_seconds"

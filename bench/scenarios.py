@@ -24,7 +24,7 @@ from bench.workload import (
     route_name,
     staticroute,
 )
-from router_controller.reconciler import STATICROUTES
+from router_controller.api import STATICROUTES
 
 
 class Bench(Harness):

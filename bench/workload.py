@@ -16,8 +16,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from router_controller.api import STATICROUTES
 from router_controller.kube import CONFIGMAPS, Conflict, Kube, Object, Resource
-from router_controller.reconciler import STATICROUTES
 
 SPEC: dict[str, Any] = {
     "staticBackends": "http://a.example.com:8000,http://10.1.2.3:8000",

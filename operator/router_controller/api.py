@@ -17,11 +17,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from router_controller.kube import Resource
+
 GROUP = "production-stack.vllm.ai"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "StaticRoute"
 PLURAL = "staticroutes"
+STATICROUTES = Resource(GROUP, VERSION, PLURAL)
 
 CONFIG_KEY = "dynamic_config.json"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -155,9 +158,14 @@ class StaticRouteSpec(_Model):
         return value
 
 
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
 class Condition(_Model):
+    """metav1.Condition."""
+
     type: str
-    status: Literal["True", "False", "Unknown"]
+    status: ConditionStatus
     reason: str
     message: str
     observed_generation: int | None = None

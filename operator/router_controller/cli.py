@@ -399,8 +399,9 @@ class NoClusterConfig(Exception):
 async def _run(settings: Settings) -> int:
     from router_controller.kube import Kube
     from router_controller.kubeconfig import ConfigError
-    from router_controller.manager import Manager, identity
+    from router_controller.manager import Manager
     from router_controller.metrics import Metrics
+    from router_controller.wiring import identity
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

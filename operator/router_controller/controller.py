@@ -21,22 +21,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 
 import structlog
 
 from router_controller.metrics import Metrics
-from router_controller.reconciler import Result
+from router_controller.reconcile import Key, Reconciler, TerminalError
 from router_controller.workqueue import ShutDown, WorkQueue
 
-Key = tuple[str, str]
-Reconcile = Callable[[str, str], Awaitable[Result]]
-
 log = structlog.get_logger("controller")
-
-
-class TerminalError(Exception):
-    """An error that retrying cannot fix; the key waits for the next change."""
 
 
 class PrometheusQueueMetrics:
@@ -73,13 +65,13 @@ class Controller:
         *,
         name: str,
         queue: WorkQueue[Key],
-        reconcile: Reconcile,
+        reconciler: Reconciler,
         workers: int,
         metrics: Metrics,
     ) -> None:
         self.name = name
         self.queue = queue
-        self._reconcile = reconcile
+        self._reconciler = reconciler
         self._workers = workers
         self._metrics = metrics
         metrics.init_controller(name, workers)
@@ -122,7 +114,7 @@ class Controller:
         )
         started = time.perf_counter()
         try:
-            result = await self._reconcile(namespace, name)
+            result = await self._reconciler.reconcile(key)
         except TerminalError as err:
             self.queue.forget(key)
             self._total["error"].inc()

@@ -84,12 +84,12 @@ from router_controller.api import MAX_TIMEOUT_SECONDS, HealthCheck, LabelSelecto
 from router_controller.fairshare import FairSlots, Limits
 from router_controller.kube import Object
 from router_controller.metrics import Metrics
-from router_controller.reconciler import RouterReport
 from router_controller.routerstate import (
     CONFIG_NOT_APPLIED_AFTER,
     MAX_HEALTH_BODY,
     EndpointState,
     ProbeResult,
+    RouterReport,
     build_report,
     clip,
     parse_time,

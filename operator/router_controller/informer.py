@@ -105,7 +105,7 @@ class Informer:
         kube: Kube,
         resource: Resource,
         namespaces: list[str] | None,
-        handler: Handler,
+        handler: Handler | None = None,
         label_selector: str | None = None,
         tuning: WatchTuning | None = None,
         indexers: Mapping[str, Indexer] | None = None,
@@ -115,7 +115,7 @@ class Informer:
         self.resource = resource
         self._kube = kube
         self._scopes: list[str | None] = list(namespaces) if namespaces else [None]
-        self._handler = handler
+        self._handlers: list[Handler] = [handler] if handler is not None else []
         self._selector = label_selector
         self._tuning = tuning or WatchTuning()
         self._page_size = page_size or self._tuning.page_size
@@ -130,6 +130,17 @@ class Informer:
         self.relists = 0  # lists after an expired (410) watch, a malformed event or a short watch
         self.resumed_pages = 0  # list pages asked for again with the same continue token
         self.tasks: list[asyncio.Task[None]] = []  # one watch task per scope, once started
+
+    def add_handler(self, handler: Handler) -> None:
+        """Tell ``handler`` too about every change (client-go's AddEventHandler).
+
+        Register handlers before :meth:`start`: one added later misses the initial list.
+        """
+        self._handlers.append(handler)
+
+    def _handler(self, kind: str, obj: Object, old: Object | None) -> None:
+        for handler in self._handlers:
+            handler(kind, obj, old)
 
     # -- reads -------------------------------------------------------------------------
 

@@ -58,13 +58,14 @@ from router_controller import conditions as cond
 from router_controller.api import (
     API_VERSION,
     CONFIG_KEY,
-    GROUP,
     KIND,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
-    PLURAL,
-    VERSION,
+    STATICROUTES,
+    Condition,
+    RouterStatus,
     StaticRouteSpec,
+    StaticRouteStatus,
     config_map_name,
 )
 from router_controller.events import EventRecorder
@@ -77,41 +78,24 @@ from router_controller.kube import (
     Kube,
     NotFound,
     Object,
-    Resource,
     TooManyRequests,
 )
 from router_controller.metrics import Metrics
+from router_controller.reconcile import Key, Result
 from router_controller.routerconfig import (
     InvalidSpecError,
     RenderedConfig,
     check_config_map_name,
     render,
 )
+from router_controller.routerstate import RouterReport
 
-STATICROUTES = Resource(GROUP, VERSION, PLURAL)
 CONFLICT_RECHECK_SECONDS = 60.0
 FIELD_MANAGER = "router-controller"
 APPLY_PATCH = "application/apply-patch+yaml"
 MAX_ERROR_MESSAGE = 4096  # of an API error copied into a condition or an Event
 
 log = structlog.get_logger("reconciler")
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    """What the controller does next with the key."""
-
-    requeue_after: float | None = None
-    requeue: bool = False  # retry soon, with the per-key backoff (e.g. after a 409)
-
-
-@dataclass(frozen=True, slots=True)
-class RouterReport:
-    """What the probes know about a StaticRoute's routers, for its status."""
-
-    conditions: list[dict[str, Any]]  # RouterHealthy, RouterConfigSynced (no timestamps)
-    routers: list[dict[str, Any]]
-    ready: bool
 
 
 class RouterHealth(Protocol):
@@ -177,7 +161,8 @@ class StaticRouteReconciler:
         self._health = health
         self._metrics = metrics
 
-    async def reconcile(self, namespace: str, name: str) -> Result:
+    async def reconcile(self, key: Key) -> Result:
+        namespace, name = key
         route = self._routes.get(namespace, name)
         if route is None:
             if self._health is not None:
@@ -220,10 +205,13 @@ class StaticRouteReconciler:
             await self._write_failed(route, failed, generation)
             raise failed.error from None  # retried with backoff; it may heal meanwhile
 
-        status: dict[str, Any] = dict(route.get("status") or {})
-        desired: list[dict[str, Any]] = []
+        previous = route.get("status") or {}
+        before = cond.parse(previous.get("conditions"))
+        desired: list[Condition] = []
         ready = True
         reason, message = "Ready", f"ConfigMap {cm_name} holds the current spec"
+        config_map_ref = previous.get("configMapRef")
+        applied = previous.get("lastAppliedTime")
         if outcome.problem is not None:
             reason, message = outcome.problem
             desired.append(
@@ -234,29 +222,32 @@ class StaticRouteReconciler:
             desired.append(
                 cond.condition(cond.CONFIG_MAP_READY, True, "ConfigMapApplied", message, generation)
             )
-            status["configMapRef"] = cm_name
-            if outcome.changed or not status.get("lastAppliedTime"):
-                status["lastAppliedTime"] = cond.rfc3339(self._now())
+            config_map_ref = cm_name
+            if outcome.changed or not applied:
+                applied = cond.rfc3339(self._now())
 
         report = None
         if self._health is not None:
             expected = None if outcome.problem is not None else rendered.content
             # With the status as it is about to be written: its lastAppliedTime opens the
             # window after which a router that serves another file is "not applied".
-            report = self._health.sync({**route, "status": status}, spec, expected)
+            about_to_be = {**previous, "configMapRef": config_map_ref, "lastAppliedTime": applied}
+            report = self._health.sync({**route, "status": about_to_be}, spec, expected)
         if report is not None:
             desired.extend(report.conditions)
-            status["routers"] = report.routers
             if ready and not report.ready:
-                failing = [c for c in report.conditions if c["status"] != "True"]
+                failing = [c for c in report.conditions if c.status != "True"]
                 ready = False
-                reason, message = failing[0]["reason"], failing[0]["message"]
-        else:
-            status.pop("routers", None)
+                reason, message = failing[0].reason, failing[0].message
         desired.append(cond.condition(cond.READY, ready, reason, message, generation))
 
-        events = _transition_events((route.get("status") or {}).get("conditions"), desired)
-        await self._write_status(route, status, desired, generation)
+        status = StaticRouteStatus(
+            config_map_ref=config_map_ref,
+            last_applied_time=applied,
+            routers=report.routers if report is not None else None,
+        )
+        events = _transition_events(before, desired)
+        await self._write_status(route, status, before, desired, generation)
         for type_, event_reason, event_message in events:
             await self._recorder.record(route, type_, event_reason, event_message)
         if outcome.problem is not None and outcome.problem[0] == "ConfigMapConflict":
@@ -271,12 +262,16 @@ class StaticRouteReconciler:
             cond.condition(cond.CONFIG_MAP_READY, False, "InvalidSpec", text, generation),
             cond.condition(cond.READY, False, "InvalidSpec", text, generation),
         ]
-        before = (route.get("status") or {}).get("conditions")
-        status = dict(route.get("status") or {})
-        status.pop("routers", None)
-        await self._write_status(route, status, desired, generation)
+        previous = route.get("status") or {}
+        before = cond.parse(previous.get("conditions"))
+        status = StaticRouteStatus(
+            config_map_ref=previous.get("configMapRef"),
+            last_applied_time=previous.get("lastAppliedTime"),
+        )
+        await self._write_status(route, status, before, desired, generation)
+        old = cond.find(before, cond.CONFIG_MAP_READY)
         if cond.flipped(before, desired, cond.CONFIG_MAP_READY) or (
-            (cond.find(before, cond.CONFIG_MAP_READY) or {}).get("message") != text
+            old is None or old.message != text
         ):
             await self._recorder.record(route, "Warning", "InvalidSpec", message)
         return Result()
@@ -296,22 +291,28 @@ class StaticRouteReconciler:
         else:
             reason = "ApplyFailed"
             text = f"could not {failed.action} (HTTP {err.status}): {api_message}"
-        before = (route.get("status") or {}).get("conditions")
-        others = [
-            c for c in before or [] if c.get("type") not in (cond.CONFIG_MAP_READY, cond.READY)
-        ]
+        previous = route.get("status") or {}
+        before = cond.parse(previous.get("conditions"))
+        others = [c for c in before if c.type not in (cond.CONFIG_MAP_READY, cond.READY)]
         desired = [
             *others,
             cond.condition(cond.CONFIG_MAP_READY, False, reason, text, generation),
             cond.condition(cond.READY, False, reason, text, generation),
         ]
+        status = StaticRouteStatus(
+            config_map_ref=previous.get("configMapRef"),
+            last_applied_time=previous.get("lastAppliedTime"),
+            routers=_routers(previous.get("routers")),
+        )
         try:
-            await self._write_status(route, dict(route.get("status") or {}), desired, generation)
+            await self._write_status(route, status, before, desired, generation)
         except ApiError as status_err:  # the original error is what matters
             log.warning("could not report the failed write", error=str(status_err))
             return
-        old = cond.find(before, cond.CONFIG_MAP_READY) or {}
-        if cond.flipped(before, desired, cond.CONFIG_MAP_READY) or old.get("message") != text:
+        old = cond.find(before, cond.CONFIG_MAP_READY)
+        if cond.flipped(before, desired, cond.CONFIG_MAP_READY) or (
+            old is None or old.message != text
+        ):
             await self._recorder.record(route, "Warning", reason, text)
 
     # -- ConfigMap ---------------------------------------------------------------------
@@ -425,21 +426,26 @@ class StaticRouteReconciler:
     async def _write_status(
         self,
         route: Object,
-        status: dict[str, Any],
-        desired: list[dict[str, Any]],
+        status: StaticRouteStatus,
+        before: list[Condition],
+        desired: list[Condition],
         generation: int | None,
     ) -> None:
         """Patch status if it differs, guarded by the resourceVersion it was computed from.
 
+        ``status`` is complete but for the conditions and ``observedGeneration``, which
+        are filled in here; it is serialised once, and compared with the stored status.
         A 409 means it was computed from a stale copy: :class:`Conflict` propagates and
         the key is reconciled again from fresher state, never patched with stale values.
         """
         current = route.get("status") or {}
-        new = dict(status)
-        new["observedGeneration"] = generation
-        new["conditions"] = cond.merge(
-            current.get("conditions"), desired, cond.rfc3339(self._now())
+        complete = status.model_copy(
+            update={
+                "observed_generation": generation,
+                "conditions": cond.merge(before, desired, cond.rfc3339(self._now())),
+            }
         )
+        new = complete.model_dump(by_alias=True, exclude_none=True)
         if self._metrics is not None:  # also when unchanged: a restarted operator exports it
             self._metrics.staticroute_conditions(
                 route["metadata"]["namespace"], route["metadata"]["name"], new["conditions"]
@@ -508,22 +514,33 @@ _WARNING_REASONS = {"ConfigNotApplied"}
 
 
 def _transition_events(
-    before: list[dict[str, Any]] | None, after: list[dict[str, Any]]
+    before: list[Condition], after: list[Condition]
 ) -> list[tuple[str, str, str]]:
     """Events for conditions that flipped to True or False (not to Unknown)."""
     events = []
     for type_, (true_reason, false_type) in _EVENTS.items():
         new = cond.find(after, type_)
-        if new is None or new["status"] == "Unknown" or not cond.flipped(before, after, type_):
+        if new is None or new.status == "Unknown" or not cond.flipped(before, after, type_):
             continue
-        if new["status"] == "True":
+        if new.status == "True":
             if type_ == cond.CONFIG_MAP_READY and cond.find(before, type_) is None:
                 continue  # the ConfigMapCreated event already says it
-            events.append(("Normal", true_reason, new["message"]))
+            events.append(("Normal", true_reason, new.message))
         else:
-            warning = new["reason"] in _WARNING_REASONS
-            events.append(("Warning" if warning else false_type, new["reason"], new["message"]))
+            warning = new.reason in _WARNING_REASONS
+            events.append(("Warning" if warning else false_type, new.reason, new.message))
     return events
+
+
+def _routers(raw: Any) -> list[RouterStatus] | None:
+    """A stored ``status.routers``, kept as it is while a write failure is reported."""
+    if not isinstance(raw, list):
+        return None
+    kept = []
+    for item in raw:
+        with contextlib.suppress(pydantic.ValidationError):
+            kept.append(RouterStatus.model_validate(item))
+    return kept
 
 
 def _same_status(current: dict[str, Any], new: dict[str, Any]) -> bool:

@@ -44,8 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from router_controller import conditions as cond
-from router_controller.api import HealthCheck, LabelSelector
-from router_controller.reconciler import RouterReport
+from router_controller.api import Condition, HealthCheck, LabelSelector, RouterStatus
 from router_controller.routerconfig import ROUTER_KEYS, config_mismatches
 
 # The most of a /health answer that is read. vllm_router answers with its status and
@@ -141,6 +140,15 @@ def selector_matches(selector: LabelSelector, labels: dict[str, str]) -> bool:
 
 
 # -- one answer ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RouterReport:
+    """What the probes know about a StaticRoute's routers, for its status."""
+
+    conditions: list[Condition]  # RouterHealthy, RouterConfigSynced (no timestamps yet)
+    routers: list[RouterStatus]
+    ready: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,22 +462,23 @@ def build_report(
 
     listed = _listed(views)
     if len(listed) < len(views):
-        healthy = {
-            **healthy,
-            "message": f"{healthy['message']} (status.routers lists {len(listed)} of "
-            f"{len(views)} endpoints, those with a problem first)",
-        }
+        healthy = healthy.model_copy(
+            update={
+                "message": f"{healthy.message} (status.routers lists {len(listed)} of "
+                f"{len(views)} endpoints, those with a problem first)"
+            }
+        )
     routers = [
-        {
-            "address": v.address,
-            "healthy": bool(v.healthy),
-            "configSynced": bool(v.synced),
-            "message": clip(v.message, MAX_ENDPOINT_MESSAGE),
-            **({"lastProbeTime": v.last_probe_time} if v.last_probe_time else {}),
-        }
+        RouterStatus(
+            address=v.address,
+            healthy=bool(v.healthy),
+            config_synced=bool(v.synced),
+            message=clip(v.message, MAX_ENDPOINT_MESSAGE),
+            last_probe_time=v.last_probe_time or None,
+        )
         for v in listed
     ]
-    ready = healthy["status"] == "True" and synced["status"] == "True"
+    ready = healthy.status == "True" and synced.status == "True"
     return RouterReport(conditions=[healthy, synced], routers=routers, ready=ready)
 
 

@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from router_controller.api import STATICROUTES
 from router_controller.envtest import ControlPlane
 from router_controller.informer import WatchTuning
 from router_controller.kube import CONFIGMAPS, Kube, NotFound, Object
 from router_controller.manager import Manager
 from router_controller.metrics import Metrics
-from router_controller.reconciler import STATICROUTES
 from router_controller.settings import Serving, Settings
 
 T = TypeVar("T")
@@ -140,11 +140,11 @@ async def settled(manager: Manager, kube: Kube, namespace: str, name: str) -> No
     current = (await get_route(kube, namespace, name))["metadata"]["resourceVersion"]
 
     def idle() -> bool:
-        cached = manager.routes.get(namespace, name)
+        cached = manager.parts.routes.get(namespace, name)
         seen = cached is not None and cached["metadata"]["resourceVersion"] == current
-        queue = manager.queue
+        queue = manager.parts.queue
         work_done = queue.depth == 0 and queue.unfinished_work_seconds() == 0
-        return seen and work_done and manager.recorder.idle  # Events follow the writes
+        return seen and work_done and manager.parts.recorder.idle  # Events follow the writes
 
     await wait_for(idle, what=f"operator idle after {namespace}/{name}@{current}")
 
@@ -176,7 +176,7 @@ async def run_operator(
     stop = asyncio.Event()
     task = asyncio.create_task(manager.run(stop), name="operator under test")
     try:
-        await wait_for(lambda: manager._ready() or task.done(), what="operator ready")
+        await wait_for(lambda: manager.parts.ready() or task.done(), what="operator ready")
         if task.done():
             task.result()
         yield manager

@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 
 from router_controller import envtest
+from router_controller.api import STATICROUTES
 from router_controller.envtest import ControlPlane
 from router_controller.kube import EVENTS, Kube
 from router_controller.metrics import Metrics
-from router_controller.reconciler import STATICROUTES
 from tests.conftest import install_crds
 from tests.e2e.leases import (
     assert_held_throughout,

@@ -33,10 +33,10 @@ import pytest
 import yaml
 
 from router_controller import envtest
+from router_controller.api import STATICROUTES
 from router_controller.envtest import ControlPlane, free_port
 from router_controller.kube import Kube
 from router_controller.metrics import Metrics
-from router_controller.reconciler import STATICROUTES
 from tests.conftest import install_crds
 from tests.e2e.fakerouter import FakeRouter, expose
 from tests.e2e.processes import (

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from router_controller import envtest
+from router_controller.api import STATICROUTES
 from router_controller.envtest import ControlPlane
 from router_controller.kube import Kube
 from router_controller.metrics import Metrics
-from router_controller.reconciler import STATICROUTES
 from tests.conftest import install_crds
 from tests.e2e.support import (
     config_of,
@@ -103,7 +103,7 @@ async def test_a_user_change_is_written_before_the_event_backlog_and_every_event
         await wait_for(updated, timeout=120, what="the changed StaticRoute's ConfigMap")
         sent_by_then = await created_events(kube, namespace)
         # Its ConfigMap came before the backlog of the burst's Events...
-        assert sent_by_then < BURST // 2, (sent_by_then, manager.recorder.pending)
+        assert sent_by_then < BURST // 2, (sent_by_then, manager.parts.recorder.pending)
 
         # ...and once the queue is idle, every Event of the burst arrives.
         async def all_sent() -> int:
@@ -111,7 +111,7 @@ async def test_a_user_change_is_written_before_the_event_backlog_and_every_event
             return count if count == BURST + 1 else 0
 
         await wait_for(all_sent, timeout=120, interval=0.5, what="every ConfigMapCreated event")
-        assert manager.recorder.pending == 0
+        assert manager.parts.recorder.pending == 0
         dropped = manager.metrics.registry.get_sample_value(
             "router_controller_events_dropped_total", {"reason": "buffer_full"}
         )
@@ -151,7 +151,8 @@ async def test_a_burst_converges_with_one_configmap_create_and_one_status_patch_
 
         await wait_for(converged, timeout=120, interval=0.2, what=f"{count} converged")
         await wait_for(
-            lambda: manager.queue.depth == 0 and manager.recorder.idle, what="operator idle"
+            lambda: manager.parts.queue.depth == 0 and manager.parts.recorder.idle,
+            what="operator idle",
         )
         after = await asyncio.to_thread(converging_writes, plane)
     # Exactly what converging needs: no status patch from a stale copy (a 409), no

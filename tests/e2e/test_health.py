@@ -19,14 +19,13 @@ from typing import Any
 
 import pytest
 
-from router_controller.api import StaticRouteSpec
+from router_controller.api import STATICROUTES, StaticRouteSpec
 from router_controller.envtest import ControlPlane
 from router_controller.health import SERVICE_INDEX, Prober, slice_service
 from router_controller.informer import Informer
 from router_controller.kube import ENDPOINTSLICES, SERVICES, Kube, Object
 from router_controller.manager import Manager
 from router_controller.metrics import Metrics
-from router_controller.reconciler import STATICROUTES
 from router_controller.routerconfig import render
 from tests.e2e.fakerouter import FakeRouter, expose
 from tests.e2e.support import (
@@ -78,9 +77,9 @@ async def routers(kube: Kube, operator: Manager, namespace: str) -> AsyncIterato
 
         def forgotten() -> bool:
             return (
-                not any(operator.routes.items(namespace))
-                and operator.queue.depth == 0
-                and operator.queue.unfinished_work_seconds() == 0
+                not any(operator.parts.routes.items(namespace))
+                and operator.parts.queue.depth == 0
+                and operator.parts.queue.unfinished_work_seconds() == 0
             )
 
         await wait_for(forgotten, timeout=60, what=f"the operator to drop {namespace}'s routes")
@@ -524,7 +523,7 @@ async def test_the_flag_allows_a_router_ref_to_another_namespace(
                 await wait_for(ready, what="the other namespace's router probed and synced")
                 report = prober.sync(route, spec, expected)
                 assert report is not None
-                assert [r["address"] for r in report.routers] == [router.address]
+                assert [r.address for r in report.routers] == [router.address]
             finally:
                 for task in tasks:
                     task.cancel()
@@ -555,7 +554,7 @@ async def test_hung_routers_never_hold_up_a_reconcile(
             )
         )
     # As many as one namespace may hold at once (the rest is kept for other namespaces).
-    outstanding = min(len(names), operator.prober.limits.per_tenant)
+    outstanding = min(len(names), operator.parts.prober.limits.per_tenant)
     await wait_for(
         lambda: router.hanging >= outstanding, timeout=120, what=f"{outstanding} hung probes"
     )
@@ -574,8 +573,8 @@ async def test_hung_routers_never_hold_up_a_reconcile(
         )
         return (
             active == 0
-            and operator.queue.depth == 0
-            and operator.queue.unfinished_work_seconds() == 0
+            and operator.parts.queue.depth == 0
+            and operator.parts.queue.unfinished_work_seconds() == 0
         )
 
     await wait_for(workers_idle, timeout=60, what="every reconcile done")

@@ -38,11 +38,11 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from router_controller import envtest
+from router_controller.api import STATICROUTES
 from router_controller.envtest import ControlPlane, free_port
 from router_controller.kube import LEASES, Conflict, Kube, NotFound, Object
 from router_controller.leader import micro_time
 from router_controller.metrics import Metrics
-from router_controller.reconciler import STATICROUTES
 from tests.conftest import install_crds
 from tests.e2e import leases
 from tests.e2e.processes import (

@@ -19,10 +19,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from router_controller.api import MAX_TIMEOUT_SECONDS
+from router_controller.api import MAX_TIMEOUT_SECONDS, STATICROUTES
 from router_controller.kube import ENDPOINTSLICES, SERVICES, Kube
 from router_controller.manager import Manager
-from router_controller.reconciler import STATICROUTES
 from router_controller.routerstate import MAX_NAMED
 from tests.e2e.fakerouter import FakeRouter, endpointslice, expose, host_address
 from tests.e2e.hostile import HostileRouter, HungRouter, expose_at
@@ -69,9 +68,9 @@ async def forget_routes(kube: Kube, operator: Manager, *namespaces: str) -> None
 
     def forgotten() -> bool:
         return (
-            not any(any(operator.routes.items(ns)) for ns in namespaces)
-            and operator.queue.depth == 0
-            and operator.queue.unfinished_work_seconds() == 0
+            not any(any(operator.parts.routes.items(ns)) for ns in namespaces)
+            and operator.parts.queue.depth == 0
+            and operator.parts.queue.unfinished_work_seconds() == 0
         )
 
     await wait_for(forgotten, timeout=120, what="the operator to drop the test's StaticRoutes")
@@ -100,7 +99,7 @@ async def test_hung_routers_in_one_namespace_never_delay_another(
             }
             names = [f"hung-{i:03d}" for i in range(100)]
             await create_many(kube, evil, names, routerRef={"name": "router"}, healthCheck=longest)
-            held = operator.prober.limits.per_tenant
+            held = operator.parts.prober.limits.per_tenant
             await wait_for(
                 lambda: hung.open >= held, timeout=120, what=f"{held} probes hung in {evil}"
             )

@@ -37,12 +37,11 @@ import pytest
 import yaml
 
 from router_controller import envtest
-from router_controller.api import API_VERSION, KIND, PLURAL
+from router_controller.api import API_VERSION, KIND, PLURAL, STATICROUTES
 from router_controller.devrun import StandInRouter, router_service
 from router_controller.envtest import ControlPlane
 from router_controller.kube import CONFIGMAPS, LEASES, SERVICES, Kube, NotFound, Object
 from router_controller.metrics import Metrics
-from router_controller.reconciler import STATICROUTES
 from tests.e2e.support import (
     REPO,
     condition,

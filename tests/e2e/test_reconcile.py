@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime
 import json
 
+from router_controller.api import STATICROUTES
 from router_controller.kube import CONFIGMAPS, Kube
 from router_controller.manager import Manager
-from router_controller.reconciler import STATICROUTES
 from tests.e2e.support import (
     condition,
     create_route,

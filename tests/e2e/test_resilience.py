@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from router_controller import envtest
+from router_controller.api import STATICROUTES
 from router_controller.informer import WatchTuning
 from router_controller.kube import Kube
 from router_controller.metrics import Metrics
-from router_controller.reconciler import STATICROUTES
 from tests.conftest import install_crds
 from tests.e2e.support import (
     REPO,
@@ -82,7 +82,7 @@ async def all_ready(kube: Kube, namespace: str, count: int) -> bool:
 
 async def test_namespaces_flag_limits_scope(plane: envtest.ControlPlane, client: Kube) -> None:
     async with run_operator(plane, namespaces=("a", "b")) as manager:
-        for informer in (manager.routes, manager.configmaps):
+        for informer in (manager.parts.routes, manager.parts.configmaps):
             names = sorted(t.get_name() for t in informer.tasks if not t.done())
             plural = informer.resource.plural
             assert names == [f"watch {plural} in a", f"watch {plural} in b"]
@@ -91,7 +91,7 @@ async def test_namespaces_flag_limits_scope(plane: envtest.ControlPlane, client:
         for ns in ("a", "b"):
             await wait_for(_cm_exists(client, ns, "r-config"), what=f"ConfigMap in {ns}")
         # c is outside the scope: its StaticRoute is never even seen.
-        assert manager.routes.get("c", "r") is None
+        assert manager.parts.routes.get("c", "r") is None
         assert await try_get_cm(client, "c", "r-config") is None
         route_c = await client.get(STATICROUTES.path("c", "r"))
         assert "status" not in route_c
@@ -109,7 +109,7 @@ async def test_converged_operator_makes_no_writes(
         await wait_for(lambda: all_ready(client, "a", 200), timeout=120, what="200 Ready")
         # The burst's Events go out once the queue is idle, after the statuses.
         await wait_for(
-            lambda: manager.recorder.pending == 0 and manager.recorder.idle,
+            lambda: manager.parts.recorder.pending == 0 and manager.parts.recorder.idle,
             timeout=60,
             what="the burst's Events sent",
         )
@@ -133,7 +133,7 @@ async def test_recovers_from_apiserver_restart_and_expired_watch(
         for i in range(5):
             await create_route(client, staticroute(f"r{i}", "a"))
         await wait_for(lambda: all_ready(client, "a", 5), what="5 Ready")
-        relists_before = manager.routes.relists
+        relists_before = manager.parts.routes.relists
         # From here until the next await, the operator's event loop (shared with this
         # test) does not run: it is cut off while the API server restarts, objects
         # change, and etcd is compacted past every resourceVersion it has seen.
@@ -156,7 +156,7 @@ async def test_recovers_from_apiserver_restart_and_expired_watch(
             )
 
         await wait_for(applied, timeout=90, what="changes made while cut off to be applied")
-        assert manager.routes.relists > relists_before, "the expired watch was not re-listed"
+        assert manager.parts.routes.relists > relists_before, "the expired watch was not re-listed"
 
 
 def _route_yaml(name: str, namespace: str) -> str:
@@ -275,7 +275,7 @@ async def test_silent_watch_is_abandoned_and_reopened(
         ) as manager:
             await create_route(client, staticroute("r", "a"))
             await wait_for(_cm_exists(client, "a", "r-config"), what="first ConfigMap")
-            restarts = manager.routes.restarts
+            restarts = manager.parts.routes.restarts
             proxy.freeze()  # every open connection, the watches among them, goes silent
             await create_route(client, staticroute("after", "a"))
             await wait_for(
@@ -283,4 +283,4 @@ async def test_silent_watch_is_abandoned_and_reopened(
                 timeout=90,
                 what="a change made after the stall to be applied",
             )
-            assert manager.routes.restarts > restarts
+            assert manager.parts.routes.restarts > restarts

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from router_controller import envtest
+from router_controller.api import STATICROUTES
 from router_controller.kube import Kube
 from router_controller.metrics import Metrics
-from router_controller.reconciler import STATICROUTES
 from router_controller.routerstate import MAX_ENDPOINT_MESSAGE
 from tests.conftest import install_crds
 from tests.e2e.fakerouter import FakeRouter, expose

@@ -25,10 +25,10 @@ from typing import Any
 import pytest
 
 from router_controller import envtest
+from router_controller.api import STATICROUTES
 from router_controller.kube import ENDPOINTSLICES, SERVICES, Kube, Object
 from router_controller.manager import Manager
 from router_controller.metrics import Metrics
-from router_controller.reconciler import STATICROUTES
 from tests.conftest import install_crds
 from tests.e2e.fakerouter import FakeRouter, host_address
 from tests.e2e.hostile import HostileRouter
@@ -95,7 +95,7 @@ async def stack(client: Kube, manager: Manager) -> AsyncIterator[contextlib.Asyn
         yield exits
         await client.delete(STATICROUTES.path(NS))
         await wait_for(
-            lambda: not any(manager.routes.items(NS)) and manager.queue.depth == 0,
+            lambda: not any(manager.parts.routes.items(NS)) and manager.parts.queue.depth == 0,
             what="the operator to drop the test's StaticRoutes",
         )
         await client.delete(ENDPOINTSLICES.path(NS))

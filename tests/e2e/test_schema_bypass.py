@@ -16,10 +16,10 @@ import pytest
 import yaml
 
 from router_controller import envtest
+from router_controller.api import STATICROUTES
 from router_controller.kube import Kube
 from router_controller.manager import Manager
 from router_controller.metrics import Metrics
-from router_controller.reconciler import STATICROUTES
 from tests.e2e.support import (
     REPO,
     condition,

@@ -26,10 +26,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from router_controller import envtest
+from router_controller.api import STATICROUTES
 from router_controller.envtest import ControlPlane
 from router_controller.kube import Kube, RetryPolicy
 from router_controller.metrics import Metrics
-from router_controller.reconciler import STATICROUTES
 from tests.conftest import install_crds
 from tests.e2e.leases import (
     assert_held_throughout,

@@ -109,11 +109,11 @@ async def test_a_router_is_probed_through_the_trimmed_caches(
         assert [entry["address"] for entry in ready["status"]["routers"]] == [router.address]
         assert router.requests >= 1
 
-        svc = manager.services.get(namespace, "router")
+        svc = manager.parts.services.get(namespace, "router")
         assert svc is not None
         assert set(svc) == {"metadata", "spec"}
         assert "annotations" not in svc["metadata"]
-        [eps] = manager.endpointslices.items(namespace)
+        [eps] = manager.parts.endpointslices.items(namespace)
         assert set(eps) == {"metadata", "addressType", "endpoints", "ports"}
         assert isinstance(eps["endpoints"], PackedEndpoints)
         assert list(eps["endpoints"]) == [

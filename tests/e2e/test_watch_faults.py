@@ -74,7 +74,7 @@ async def test_malformed_lines_and_empty_watches_are_survived_and_relisted(
         await create_route(kube, staticroute("after", namespace))
         await wait_for(lambda: has_cm(kube, namespace, "after"), timeout=60, what="after-config")
         assert await has_cm(kube, namespace, "before")
-        assert all(not task.done() for task in manager.routes.tasks), "a watch task ended"
+        assert all(not task.done() for task in manager.parts.routes.tasks), "a watch task ended"
         assert malformed_count(manager) == len(MALFORMED)
         empty = [r.at for r in relay.requests if r.fault == "empty"]
         assert len(empty) == EMPTY_WATCHES
@@ -87,7 +87,7 @@ async def test_malformed_lines_and_empty_watches_are_survived_and_relisted(
             r for r in relay.requests if list_of("staticroutes", namespace, continued=False)(r)
         ]
         assert len(lists) >= 1 + len(MALFORMED), [r.query for r in lists]
-        assert manager.routes.relists >= len(MALFORMED)
+        assert manager.parts.routes.relists >= len(MALFORMED)
 
 
 async def test_a_throttled_page_resumes_from_its_continue_token(
@@ -111,7 +111,7 @@ async def test_a_throttled_page_resumes_from_its_continue_token(
         namespaces=(namespace,),
     ) as manager:
         await wait_for(lambda: all_cms(kube, namespace, 5), what="every ConfigMap")
-        resumed = manager.routes.resumed_pages
+        resumed = manager.parts.routes.resumed_pages
     pages = [
         r
         for r in relay.requests
@@ -143,7 +143,7 @@ async def test_an_expired_continue_token_starts_the_list_again(
         namespaces=(namespace,),
     ) as manager:
         await wait_for(lambda: all_cms(kube, namespace, 5), what="every ConfigMap")
-        assert len(manager.routes) == 5
+        assert len(manager.parts.routes) == 5
     pages = [
         r
         for r in relay.requests

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from router_controller import conditions as cond
-from router_controller.api import HealthCheck
+from router_controller.api import Condition, HealthCheck
 from router_controller.health import Prober
 from router_controller.metrics import Metrics
 from router_controller.reconciler import _transition_events
@@ -155,24 +155,24 @@ def test_the_report_says_which_keys_differ_and_where_to_look() -> None:
     ]
     report = build_report(views, problem=None, has_config=True, generation=3)
     synced = report.conditions[1]
-    assert (synced["type"], synced["status"], synced["reason"]) == (
+    assert (synced.type, synced.status, synced.reason) == (
         cond.ROUTER_CONFIG_SYNCED,
         "False",
         "ConfigNotApplied",
     )
-    assert ADDRESS in synced["message"]
-    assert "static_models differ" in synced["message"]
-    assert "http://10.0.0.2:8000" not in synced["message"], "still within its window"
-    assert "DynamicConfigWatcher: Error loading config file" in synced["message"]
-    assert "--dynamic-config-json" in synced["message"]
-    assert synced["message"].endswith(NOT_APPLIED_HINT)
+    assert ADDRESS in synced.message
+    assert "static_models differ" in synced.message
+    assert "http://10.0.0.2:8000" not in synced.message, "still within its window"
+    assert "DynamicConfigWatcher: Error loading config file" in synced.message
+    assert "--dynamic-config-json" in synced.message
+    assert synced.message.endswith(NOT_APPLIED_HINT)
     assert not report.ready
 
     pending_only = build_report(views[1:], problem=None, has_config=True, generation=3)
-    assert pending_only.conditions[1]["reason"] == "ConfigSyncPending"
+    assert pending_only.conditions[1].reason == "ConfigSyncPending"
 
 
-def _synced(status: bool, reason: str) -> list[dict[str, Any]]:
+def _synced(status: bool, reason: str) -> list[Condition]:
     return [cond.condition(cond.ROUTER_CONFIG_SYNCED, status, reason, f"{reason} message", 1)]
 
 
@@ -251,8 +251,8 @@ async def test_the_prober_flips_to_not_applied_at_the_first_probe_after_the_wind
             lapsed = probes.sync(route, spec, expected)
             assert conditions_of(lapsed)["RouterConfigSynced"] == ("False", "ConfigNotApplied")
             assert lapsed is not None
-            assert lapsed.routers[0]["lastProbeTime"] == "2026-01-01T00:01:00Z"
-            assert "within 1m0s" in lapsed.routers[0]["message"]
+            assert lapsed.routers[0].last_probe_time == "2026-01-01T00:01:00Z"
+            assert "within 1m0s" in lapsed.routers[0].message
 
             router.frozen = False
             assert router.load(expected)

@@ -8,13 +8,11 @@ from collections.abc import AsyncIterator
 import pytest
 from prometheus_client import CollectorRegistry
 
-from router_controller.controller import Controller, TerminalError
+from router_controller.controller import Controller
 from router_controller.metrics import Metrics
-from router_controller.reconciler import Result
+from router_controller.reconcile import Key, Result, TerminalError
 from router_controller.workqueue import WorkQueue
 from tests.unit.test_workqueue import FakeClock
-
-Key = tuple[str, str]
 
 
 class Script:
@@ -25,7 +23,8 @@ class Script:
         self.calls: list[str] = []
         self.called = asyncio.Event()
 
-    async def __call__(self, namespace: str, name: str) -> Result:
+    async def reconcile(self, key: Key) -> Result:
+        _, name = key
         self.calls.append(name)
         self.called.set()
         todo = self.outcomes.get(name) or [Result()]
@@ -47,7 +46,7 @@ async def harness() -> AsyncIterator[tuple[Controller, Script, FakeClock, Metric
     script = Script()
     metrics = Metrics(registry=CollectorRegistry(), process=False)
     controller = Controller(
-        name="staticroute", queue=queue, reconcile=script, workers=2, metrics=metrics
+        name="staticroute", queue=queue, reconciler=script, workers=2, metrics=metrics
     )
     task = asyncio.create_task(controller.start())
     yield controller, script, clock, metrics
@@ -64,7 +63,7 @@ async def settle(controller: Controller) -> None:
 
 async def test_metrics_start_at_zero_for_every_result() -> None:
     metrics = Metrics(registry=CollectorRegistry(), process=False)
-    Controller(name="c", queue=WorkQueue(), reconcile=Script(), workers=3, metrics=metrics)
+    Controller(name="c", queue=WorkQueue(), reconciler=Script(), workers=3, metrics=metrics)
     for result in ("success", "error", "requeue", "requeue_after"):
         sample = metrics.registry.get_sample_value(
             "controller_runtime_reconcile_total", {"controller": "c", "result": result}

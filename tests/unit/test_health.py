@@ -20,7 +20,6 @@ from router_controller.api import HealthCheck, LabelSelector, StaticRouteSpec
 from router_controller.health import SERVICE_INDEX, Prober, slice_service
 from router_controller.kube import Object
 from router_controller.metrics import Metrics
-from router_controller.reconciler import RouterReport
 from router_controller.routerconfig import render
 from router_controller.routerstate import (
     MAX_ENDPOINT_MESSAGE,
@@ -29,6 +28,7 @@ from router_controller.routerstate import (
     EndpointState,
     EndpointView,
     ProbeResult,
+    RouterReport,
     build_report,
     clip,
     read_health,
@@ -189,7 +189,7 @@ def test_config_sync_without_dynamic_config_or_without_a_file() -> None:
 
 
 def _conditions(report: RouterReport) -> dict[str, tuple[str, str, str]]:
-    return {c["type"]: (c["status"], c["reason"], c["message"]) for c in report.conditions}
+    return {c.type: (c.status, c.reason, c.message) for c in report.conditions}
 
 
 def _view(address: str, healthy: bool | None, synced: bool | None, **kw: Any) -> EndpointView:
@@ -204,7 +204,7 @@ def test_report_for_a_router_that_cannot_be_probed() -> None:
         "RouterHealthy": ("False", "RouterNotFound", "Service a/b not found"),
         "RouterConfigSynced": ("Unknown", "RouterNotFound", "Service a/b not found"),
     }
-    assert all(c["observedGeneration"] == 4 for c in report.conditions)
+    assert all(c.observed_generation == 4 for c in report.conditions)
     assert report.routers == []
     assert not report.ready
 
@@ -224,7 +224,7 @@ def test_report_when_every_endpoint_is_healthy_and_synced() -> None:
         ),
     }
     assert report.ready
-    assert report.routers == [
+    assert [r.model_dump(by_alias=True, exclude_none=True) for r in report.routers] == [
         {
             "address": "http://a:1",
             "healthy": True,
@@ -260,8 +260,8 @@ def test_report_names_the_unhealthy_and_the_stale_endpoints() -> None:
     assert "http://a:1" not in message
     assert "http://b:2" not in message
     assert not report.ready
-    assert [r["healthy"] for r in report.routers] == [True, False, True]
-    assert [r["configSynced"] for r in report.routers] == [True, False, False]
+    assert [r.healthy for r in report.routers] == [True, False, True]
+    assert [r.config_synced for r in report.routers] == [True, False, False]
 
 
 def test_report_while_probes_are_pending_or_the_config_is_missing() -> None:
@@ -376,7 +376,7 @@ def route_spec(**fields: Any) -> StaticRouteSpec:
 
 def conditions_of(report: RouterReport | None) -> dict[str, tuple[str, str]]:
     assert report is not None
-    return {c["type"]: (c["status"], c["reason"]) for c in report.conditions}
+    return {c.type: (c.status, c.reason) for c in report.conditions}
 
 
 async def test_prober_probes_every_endpointslice_of_a_service() -> None:
@@ -398,7 +398,7 @@ async def test_prober_probes_every_endpointslice_of_a_service() -> None:
         async with running(services, slices) as h:
             first = h.prober.sync(ROUTE, spec, expected)
             assert first is not None
-            assert [r["address"] for r in first.routers] == sorted([one.address, two.address])
+            assert [r.address for r in first.routers] == sorted([one.address, two.address])
             await wait_for(lambda: h.enqueued, what="a state change")
             await wait_for(lambda: one.requests and two.requests, what="both replicas probed")
             await wait_for(
@@ -426,7 +426,7 @@ async def test_prober_resolves_ports_and_falls_back_to_the_service_address() -> 
     )
     tls = harness.prober.sync(ROUTE, route_spec(routerRef={"name": "tls"}), None)
     assert tls is not None
-    assert [r["address"] for r in tls.routers] == ["https://10.0.0.7:443"]
+    assert [r.address for r in tls.routers] == ["https://10.0.0.7:443"]
     # A headless Service without EndpointSlices routes nowhere: no DNS name is probed.
     headless = harness.prober.sync(ROUTE, route_spec(routerRef={"name": "headless"}), None)
     assert conditions_of(headless)["RouterHealthy"] == ("False", "NoEndpoints")
@@ -451,7 +451,7 @@ async def test_prober_enqueues_only_when_a_state_changes() -> None:
             assert h.enqueued == [KEY], "steady probes must not enqueue"
             report = h.prober.sync(ROUTE, spec, expected)
             assert report is not None
-            assert report.routers[0]["lastProbeTime"] == "2026-01-01T00:00:00Z"
+            assert report.routers[0].last_probe_time == "2026-01-01T00:00:00Z"
             router.set_mode("error")
             await wait_for(lambda: len(h.enqueued) == 2, what="the failure (threshold 1)")
             assert conditions_of(h.prober.sync(ROUTE, spec, expected))["RouterHealthy"] == (
@@ -476,7 +476,7 @@ async def test_a_new_file_is_never_reported_synced_on_an_answer_to_the_old_one()
             report = h.prober.sync(ROUTE, new, render(new).content)
             assert conditions_of(report)["RouterConfigSynced"] == ("False", "ConfigSyncPending")
             assert report is not None
-            assert "static_models differ" in report.conditions[1]["message"]
+            assert "static_models differ" in report.conditions[1].message
             assert router.requests == 1
 
 
@@ -557,12 +557,12 @@ def test_many_unhealthy_endpoints_are_summarised() -> None:
     views = [replace(v, message="f" * 5000) for v in views]
     report = build_report(views, problem=None, has_config=True, generation=1)
     healthy = report.conditions[0]
-    assert healthy["message"].startswith("600 of 600 endpoint(s) unhealthy: http://10.0.0.0:8000: ")
-    assert healthy["message"].endswith(" and 595 more")
-    assert len(healthy["message"]) < 4096
+    assert healthy.message.startswith("600 of 600 endpoint(s) unhealthy: http://10.0.0.0:8000: ")
+    assert healthy.message.endswith(" and 595 more")
+    assert len(healthy.message) < 4096
     assert len(report.routers) == 600
-    assert all(len(r["message"]) <= MAX_ENDPOINT_MESSAGE for r in report.routers)
-    assert len(json.dumps(report.routers)) < 1024 * 1024
+    assert all(len(r.message) <= MAX_ENDPOINT_MESSAGE for r in report.routers)
+    assert len(json.dumps([r.model_dump(by_alias=True) for r in report.routers])) < 1024 * 1024
 
 
 def test_status_lists_at_most_max_listed_endpoints_problems_first() -> None:
@@ -572,8 +572,8 @@ def test_status_lists_at_most_max_listed_endpoints_problems_first() -> None:
     views[-1] = _view(sick, False, None)
     report = build_report(views, problem=None, has_config=True, generation=1)
     assert len(report.routers) == MAX_LISTED
-    assert sick in {r["address"] for r in report.routers}
-    assert f"status.routers lists {MAX_LISTED} of {total}" in report.conditions[0]["message"]
+    assert sick in {r.address for r in report.routers}
+    assert f"status.routers lists {MAX_LISTED} of {total}" in report.conditions[0].message
 
 
 def test_health_check_timeout_is_capped() -> None:
@@ -611,13 +611,13 @@ async def test_external_name_and_host_name_endpoints_are_never_probed() -> None:
     assert conditions_of(ext)["RouterHealthy"] == ("False", "UnsupportedRouterService")
     assert ext is not None
     assert ext.routers == []
-    message = ext.conditions[0]["message"]
+    message = ext.conditions[0].message
     assert "ExternalName (router.victim.svc.cluster.local)" in message
     assert "ClusterIP Service" in message
     fqdn = harness.prober.sync(ROUTE, route_spec(routerRef={"name": "fqdn"}), None)
     assert conditions_of(fqdn)["RouterHealthy"] == ("False", "UnsupportedRouterService")
     assert fqdn is not None
-    assert "addressType FQDN" in fqdn.conditions[0]["message"]
+    assert "addressType FQDN" in fqdn.conditions[0].message
     selected = harness.prober.sync(
         ROUTE, route_spec(routerRef=None, routerSelector={"matchLabels": {}}), None
     )
@@ -635,7 +635,7 @@ async def test_only_ip_addresses_of_the_slice_family_are_probed() -> None:
     )
     report = harness.prober.sync(ROUTE, route_spec(routerRef={"name": "dual"}), None)
     assert report is not None
-    assert [r["address"] for r in report.routers] == [
+    assert [r.address for r in report.routers] == [
         "http://10.0.0.5:8080",
         "http://[fd00::6]:8080",
     ]
@@ -683,7 +683,7 @@ async def test_the_router_port_is_chosen_the_kubernetes_way(
     )
     report = harness.prober.sync(ROUTE, route_spec(routerPort=router_port), None)
     assert report is not None
-    assert [r["address"] for r in report.routers] == [address]
+    assert [r.address for r in report.routers] == [address]
     harness.prober.forget(*KEY)
 
 
@@ -691,7 +691,7 @@ async def test_the_cluster_ip_fallback_probes_the_service_port() -> None:
     harness = Harness(Cache(_svc("router", clusterIP="10.0.0.20", ports=CHART_PORTS)), Cache())
     report = harness.prober.sync(ROUTE, route_spec(), None)
     assert report is not None
-    assert [r["address"] for r in report.routers] == ["http://10.0.0.20:80"]
+    assert [r.address for r in report.routers] == ["http://10.0.0.20:80"]
     harness.prober.forget(*KEY)
 
 
@@ -707,7 +707,7 @@ async def test_a_router_port_the_service_lacks_is_explained() -> None:
     assert missing is not None
     assert (
         f"Service {NS}/router: spec.routerPort metrics is not one of its ports "
-        "(router-sport (80), lmcache-port (9000))" in missing.conditions[0]["message"]
+        "(router-sport (80), lmcache-port (9000))" in missing.conditions[0].message
     )
     unmatched = harness.prober.sync(ROUTE, route_spec(routerRef={"name": "other"}), None)
     assert conditions_of(unmatched)["RouterHealthy"] == ("False", "RouterPortNotFound")
