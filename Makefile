@@ -74,10 +74,11 @@ run: venv ## Run the operator from source against the current kubeconfig; withou
 	$(PY) -m router_controller.devrun $(ARGS)
 
 .PHONY: lint
-lint: venv ## ruff check, ruff format --check, mypy (strict).
+lint: venv ## ruff check, ruff format --check, mypy (strict), and the import layers (docs/architecture.md).
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	PYTHONPATH=operator $(VENV)/bin/lint-imports --no-cache
 
 .PHONY: test
 test: venv controlplane helm ## Run every test (unit and on a real control plane).

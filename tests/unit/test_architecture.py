@@ -1,0 +1,67 @@
+"""The runtime package's layering (docs/architecture.md), as ``make lint`` checks it.
+
+The contract lives in pyproject.toml's ``[tool.importlinter]``. These tests run the
+same check on a copy of the package, once as it is and once with a layer broken on
+purpose, so a contract that stopped constraining anything (a renamed module left
+out, a layer mistyped) fails here instead of passing silently.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def _lint(copy: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache", str(copy / "pyproject.toml")],
+        cwd=copy,
+        env={"PYTHONPATH": str(copy / "operator"), "PATH": "/usr/bin:/bin", "COLUMNS": "300"},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def copy(tmp_path: Path) -> Path:
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    shutil.copytree(
+        REPO / "operator" / "router_controller",
+        tmp_path / "operator" / "router_controller",
+        ignore=shutil.ignore_patterns("__pycache__", "crd"),
+    )
+    return tmp_path
+
+
+def test_the_package_keeps_its_layers(copy: Path) -> None:
+    result = _lint(copy)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("module", "imports"),
+    [
+        ("api", "router_controller.manager"),  # a building block reaching for the top
+        ("kube", "router_controller.health"),
+        ("health", "router_controller.reconciler"),  # health below the controllers
+        ("reconcile", "router_controller.staticroute"),
+        ("wiring", "router_controller.manager"),  # the manager runs what wiring builds
+        ("controller", "router_controller.health"),  # siblings know nothing of each other
+    ],
+)
+def test_importing_upwards_breaks_the_contract(copy: Path, module: str, imports: str) -> None:
+    source = copy / "operator" / "router_controller" / f"{module}.py"
+    source.write_text(source.read_text() + f"\nimport {imports}  # noqa\n")
+    result = _lint(copy)
+    assert result.returncode != 0, result.stdout
+    assert f"router_controller.{module} is not allowed to import {imports}" in result.stdout
