@@ -84,6 +84,7 @@ from router_controller.api import MAX_TIMEOUT_SECONDS, HealthCheck, LabelSelecto
 from router_controller.fairshare import FairSlots, Limits
 from router_controller.kube import Object
 from router_controller.metrics import Metrics
+from router_controller.reconcile import Key
 from router_controller.routerstate import (
     CONFIG_NOT_APPLIED_AFTER,
     MAX_HEALTH_BODY,
@@ -99,7 +100,6 @@ from router_controller.routerstate import (
 )
 from router_controller.workqueue import ShutDown, WorkQueue
 
-Key = tuple[str, str]
 ProbeKey = tuple[str, str, str]  # namespace, StaticRoute, endpoint address
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 DEFAULT_PORT = 8000

@@ -53,8 +53,8 @@ from router_controller.kube import (
     TooManyRequests,
     Unauthorized,
 )
+from router_controller.kube import ObjectKey as Key
 
-Key = tuple[str, str]
 # Maps an object to the index values it is filed under (e.g. its owner's uid).
 Indexer = Callable[[Object], Iterable[str]]
 # (event type: ADDED/MODIFIED/DELETED, the object, the cached object it replaces)

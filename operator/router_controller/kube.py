@@ -74,6 +74,8 @@ from router_controller.ratelimit import TokenBucket
 log = structlog.get_logger("kube")
 
 Object = dict[str, Any]
+ObjectKey = tuple[str, str]
+"""``(namespace, name)`` of an object, as apimachinery's NamespacedName."""
 
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"

@@ -12,8 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-Key = tuple[str, str]
-"""``(namespace, name)`` of the object to reconcile."""
+from router_controller.kube import ObjectKey
+
+Key = ObjectKey
+"""``(namespace, name)`` of the object to reconcile (controller-runtime's Request)."""
 
 
 @dataclass(frozen=True, slots=True)

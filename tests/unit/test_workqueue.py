@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from router_controller.reconcile import Key
 from router_controller.workqueue import (
     DEFAULT_BACKOFF_CAP,
     ExponentialBackoff,
@@ -22,7 +23,6 @@ from router_controller.workqueue import (
     WorkQueue,
 )
 
-Key = tuple[str, str]
 A: Key = ("default", "a")
 B: Key = ("default", "b")
 C: Key = ("other", "c")
