@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import os
 import socket
 import uuid
@@ -75,10 +74,6 @@ def lease_namespace(settings: Settings) -> str:
     return "default"
 
 
-def _utcnow() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
-
-
 @dataclass
 class Manager:
     """One operator process: its endpoints, election, caches, workers and probes."""
@@ -134,7 +129,6 @@ class Manager:
         self.recorder = EventRecorder(
             kube=self.kube,
             identity=self.identity,
-            now=_utcnow,
             metrics=self.metrics,
             busy=self._busy,
         )
@@ -152,7 +146,6 @@ class Manager:
             routes=self.routes,
             configmaps=self.configmaps,
             recorder=self.recorder,
-            now=_utcnow,
             health=self.prober,
             metrics=self.metrics,
         )

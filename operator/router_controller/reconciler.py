@@ -46,8 +46,7 @@ namespace is not a failure: the StaticRoute is going away with it.
 from __future__ import annotations
 
 import contextlib
-import datetime
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -67,6 +66,7 @@ from router_controller.api import (
     StaticRouteSpec,
     config_map_name,
 )
+from router_controller.clock import SYSTEM_CLOCK, Clock, format_time
 from router_controller.events import EventRecorder
 from router_controller.informer import Informer
 from router_controller.kube import (
@@ -165,7 +165,7 @@ class StaticRouteReconciler:
         routes: Informer,
         configmaps: Informer,
         recorder: EventRecorder,
-        now: Callable[[], datetime.datetime],
+        clock: Clock = SYSTEM_CLOCK,
         health: RouterHealth | None = None,
         metrics: Metrics | None = None,
     ) -> None:
@@ -173,7 +173,7 @@ class StaticRouteReconciler:
         self._routes = routes
         self._configmaps = configmaps
         self._recorder = recorder
-        self._now = now
+        self._clock = clock
         self._health = health
         self._metrics = metrics
 
@@ -236,7 +236,7 @@ class StaticRouteReconciler:
             )
             status["configMapRef"] = cm_name
             if outcome.changed or not status.get("lastAppliedTime"):
-                status["lastAppliedTime"] = cond.rfc3339(self._now())
+                status["lastAppliedTime"] = format_time(self._clock.now())
 
         report = None
         if self._health is not None:
@@ -438,7 +438,7 @@ class StaticRouteReconciler:
         new = dict(status)
         new["observedGeneration"] = generation
         new["conditions"] = cond.merge(
-            current.get("conditions"), desired, cond.rfc3339(self._now())
+            current.get("conditions"), desired, format_time(self._clock.now())
         )
         if self._metrics is not None:  # also when unchanged: a restarted operator exports it
             self._metrics.staticroute_conditions(

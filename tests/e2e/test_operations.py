@@ -40,7 +40,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from router_controller import envtest
 from router_controller.envtest import ControlPlane, free_port
 from router_controller.kube import LEASES, Conflict, Kube, NotFound, Object
-from router_controller.leader import micro_time
+from router_controller.clock import format_micro_time
 from router_controller.metrics import Metrics
 from router_controller.reconciler import STATICROUTES
 from tests.conftest import install_crds
@@ -334,7 +334,7 @@ async def test_a_lost_lease_stops_the_operator_with_exit_1(
 
     async def steal() -> bool:
         current = await kube.get(LEASES.path(namespace, lease))
-        now = micro_time(datetime.datetime.now(datetime.UTC))
+        now = format_micro_time(datetime.datetime.now(datetime.UTC))
         current["spec"].update(
             holderIdentity="intruder", renewTime=now, acquireTime=now, leaseDurationSeconds=3600
         )
