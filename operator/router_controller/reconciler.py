@@ -65,6 +65,7 @@ from router_controller.api import (
     VERSION,
     StaticRouteSpec,
     config_map_name,
+    default_config_map_name,
 )
 from router_controller.clock import SYSTEM_CLOCK, Clock, format_time
 from router_controller.events import EventRecorder
@@ -138,7 +139,8 @@ def wanted_configmap(route: Object) -> list[str]:
     """Indexer: "namespace/name" of the ConfigMap a StaticRoute asks for."""
     meta = route["metadata"]
     spec = route.get("spec") or {}
-    return [f"{meta.get('namespace', '')}/{spec.get('configMapName') or meta['name'] + '-config'}"]
+    name = spec.get("configMapName") or default_config_map_name(meta["name"])
+    return [f"{meta.get('namespace', '')}/{name}"]
 
 
 def owned_by(obj: Object, uid: str) -> bool:

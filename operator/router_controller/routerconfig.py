@@ -141,7 +141,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from router_controller.api import MODEL_TYPES, StaticRouteSpec, config_map_name
+from router_controller.api import (
+    MODEL_TYPES,
+    StaticRouteSpec,
+    config_map_name,
+    default_config_map_name,
+)
 
 # The router's own URL check (vllm_router.utils.validate_url), applied to each item
 # of static_backends after splitting on "," with no trimming.
@@ -436,8 +441,9 @@ def check_config_map_name(route_name: str, spec: StaticRouteSpec) -> None:
     if spec.config_map_name is None:
         name = config_map_name(route_name, spec)
         if len(name) > CONFIG_MAP_NAME_MAX:
+            shown = default_config_map_name(f"{route_name[:20]}...")
             raise InvalidSpecError(
-                f"the default ConfigMap name {route_name[:20]}...-config would be {len(name)} "
+                f"the default ConfigMap name {shown} would be {len(name)} "
                 f"characters, more than the {CONFIG_MAP_NAME_MAX} Kubernetes allows: "
                 "set spec.configMapName"
             )

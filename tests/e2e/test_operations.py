@@ -38,9 +38,10 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from router_controller import envtest
+from router_controller.api import default_config_map_name
+from router_controller.clock import format_micro_time
 from router_controller.envtest import ControlPlane, free_port
 from router_controller.kube import LEASES, Conflict, Kube, NotFound, Object
-from router_controller.clock import format_micro_time
 from router_controller.metrics import Metrics
 from router_controller.reconciler import STATICROUTES
 from tests.conftest import install_crds
@@ -156,7 +157,7 @@ async def configmaps_match(kube: Kube, namespace: str, names: list[str]) -> bool
     """Every StaticRoute's ConfigMap holds the models of its current spec."""
     for name in names:
         route = await get_route(kube, namespace, name)
-        cm = await try_get_cm(kube, namespace, f"{name}-config")
+        cm = await try_get_cm(kube, namespace, default_config_map_name(name))
         if cm is None or config_of(cm)["static_models"] != route["spec"]["staticModels"]:
             return False
     return True
@@ -223,7 +224,7 @@ async def test_only_the_leader_writes_and_a_killed_leader_is_replaced(
     events = await wait_for(created_events, what="an event per ConfigMap")
     assert {e["reportingInstance"] for e in events} == {leader_id}
     for name in names:
-        cm = await try_get_cm(kube, namespace, f"{name}-config")
+        cm = await try_get_cm(kube, namespace, default_config_map_name(name))
         assert cm is not None
         assert {f["manager"] for f in cm["metadata"]["managedFields"]} == {COMPONENT}
         route = await get_route(kube, namespace, name)
@@ -617,7 +618,7 @@ async def test_sigterm_during_a_burst_loses_no_update(
         )
 
     async def first_updated() -> bool:
-        cm = await try_get_cm(kube, namespace, f"{names[0]}-config")
+        cm = await try_get_cm(kube, namespace, default_config_map_name(names[0]))
         return cm is not None and config_of(cm)["static_models"] == models(0, 1)
 
     await patch_all(1)
