@@ -83,7 +83,7 @@ from router_controller.api import MAX_TIMEOUT_SECONDS, HealthCheck, LabelSelecto
 from router_controller.clock import SYSTEM_CLOCK, Clock, format_time
 from router_controller.fairshare import FairSlots, Limits
 from router_controller.kube import Object
-from router_controller.metrics import Metrics
+from router_controller.metrics import Metrics, ProbeOutcome
 from router_controller.reconciler import RouterReport
 from router_controller.routerstate import (
     CONFIG_NOT_APPLIED_AFTER,
@@ -592,7 +592,9 @@ class Prober:
         after = endpoint.state.view(expected, now=now, applied_at=applied_at, window=window)
         endpoint.viewed_at = now
         outcome = (
-            "unhealthy" if not result.ok else ("stale" if after.synced is False else "healthy")
+            ProbeOutcome.UNHEALTHY
+            if not result.ok
+            else (ProbeOutcome.STALE if after.synced is False else ProbeOutcome.HEALTHY)
         )
         self._metrics.probe_total.labels(*key, outcome).inc()
         if after != before:
