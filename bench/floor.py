@@ -25,7 +25,7 @@ import json
 import time
 from typing import Any
 
-from router_controller.api import STATICROUTES
+from router_controller.api import STATICROUTES, default_config_map_name
 from router_controller.kube import CONFIGMAPS, Kube, Object
 from router_controller.metrics import Metrics
 
@@ -49,7 +49,7 @@ def _configmap(route: Object) -> Object:
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
-            "name": f"{meta['name']}-config",
+            "name": default_config_map_name(meta["name"]),
             "namespace": meta["namespace"],
             "labels": LABEL,
             "ownerReferences": [
@@ -70,7 +70,7 @@ def _configmap(route: Object) -> Object:
 def _status(route: Object) -> Object:
     meta = route["metadata"]
     generation, stamp = meta.get("generation"), _now()
-    message = f"ConfigMap {meta['name']}-config holds the current spec"
+    message = f"ConfigMap {default_config_map_name(meta['name'])} holds the current spec"
     conditions: list[dict[str, Any]] = [
         {
             "type": type_,
@@ -85,7 +85,7 @@ def _status(route: Object) -> Object:
     return {
         "metadata": {"resourceVersion": meta["resourceVersion"]},
         "status": {
-            "configMapRef": f"{meta['name']}-config",
+            "configMapRef": default_config_map_name(meta["name"]),
             "lastAppliedTime": stamp,
             "observedGeneration": generation,
             "conditions": conditions,

@@ -24,7 +24,7 @@ from bench.workload import (
     route_name,
     staticroute,
 )
-from router_controller.api import STATICROUTES
+from router_controller.api import STATICROUTES, default_config_map_name
 
 
 class Bench(Harness):
@@ -93,7 +93,7 @@ class Bench(Harness):
                 for k in range(samples):
                     name = route_name((k * 7919) % count)
                     marker = f"model-update-{k}"
-                    arrived = watch.expect(f"{name}-config", marker)
+                    arrived = watch.expect(default_config_map_name(name), marker)
                     started = time.monotonic()
                     await self.kube.merge_patch(
                         STATICROUTES.path(namespace, name),

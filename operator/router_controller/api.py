@@ -188,6 +188,14 @@ class StaticRouteStatus(_Model):
     routers: list[RouterStatus] | None = None
 
 
+CONFIG_MAP_SUFFIX = "-config"
+
+
+def default_config_map_name(route_name: str) -> str:
+    """The ConfigMap a StaticRoute writes unless ``spec.configMapName`` says otherwise."""
+    return f"{route_name}{CONFIG_MAP_SUFFIX}"
+
+
 def config_map_name(name: str, spec: StaticRouteSpec) -> str:
     """The ConfigMap a StaticRoute writes: ``spec.configMapName`` or ``<name>-config``."""
-    return spec.config_map_name or f"{name}-config"
+    return spec.config_map_name or default_config_map_name(name)

@@ -31,13 +31,21 @@ import re
 import signal
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import structlog
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from router_controller import __version__
 from router_controller.logs import configure_logging
-from router_controller.settings import LeaderElection, Logging, Serving, Settings, parse_bind
+from router_controller.settings import (
+    TIME_ENCODINGS,
+    LeaderElection,
+    Logging,
+    Serving,
+    Settings,
+    parse_bind,
+)
 
 
 def _bool(value: str) -> bool:
@@ -79,6 +87,32 @@ def bind_address(value: str) -> str:
     return value
 
 
+DEFAULTS = Settings()
+
+
+def _go_duration(seconds: float) -> str:
+    """A default duration as Go prints the common ones: ``15s``, ``2.5s``."""
+    return f"{seconds:g}s"
+
+
+def _shown(value: Any, kind: Any) -> str:
+    """A default as it would be written on the command line."""
+    if kind is duration:
+        return _go_duration(float(value))
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _setting(path: str) -> tuple[Any, str]:
+    """The default of a :class:`Settings` field (``"serving.metrics_secure"``) and its help."""
+    *groups, name = path.split(".")
+    model: BaseModel = DEFAULTS
+    for group in groups:
+        model = getattr(model, group)
+    return getattr(model, name), type(model).model_fields[name].description or ""
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="router-controller",
@@ -89,119 +123,36 @@ def parser() -> argparse.ArgumentParser:
         "operator would write (see their --help).",
     )
     add = p.add_argument
+
+    def setting(flag: str, path: str, **options: Any) -> None:
+        """A flag for a Settings field: its default and help come from the field."""
+        default, text = _setting(path)
+        shown = _shown(default, options.get("type"))
+        options.setdefault("default", default)
+        add(flag, help=text.format(default=shown), **options)
+
+    boolean: dict[str, Any] = {"type": _bool, "nargs": "?", "const": True, "metavar": "BOOL"}
+    seconds: dict[str, Any] = {"type": duration, "metavar": "DURATION"}
     add("--version", action="version", version=f"router-controller {__version__}")
-    add(
-        "--kubeconfig",
-        default=None,
-        help="path to a kubeconfig; default: in-cluster config, then $KUBECONFIG, ~/.kube/config",
-    )
-    add(
-        "--namespaces",
-        default=os.environ.get("WATCH_NAMESPACES", ""),
-        help="comma-separated namespaces to watch (env WATCH_NAMESPACES); default: all",
-    )
-    add("--max-concurrent-reconciles", type=int, default=4, help="reconcile workers (default 4)")
-    add(
-        "--metrics-bind-address",
-        type=bind_address,
-        default="0",
-        help="address of the metrics endpoint, e.g. :8443 (HTTPS) or :8080 (HTTP); 0 disables",
-    )
-    add(
-        "--metrics-secure",
-        type=_bool,
-        nargs="?",
-        const=True,
-        default=True,
-        metavar="BOOL",
-        help="serve metrics over HTTPS with TokenReview/SubjectAccessReview auth (default true)",
-    )
-    add(
-        "--metrics-cert-path",
-        default=None,
-        help="folder holding the metrics serving certificate; default: self-signed",
-    )
-    add("--metrics-cert-name", default="tls.crt", help="certificate file name (default tls.crt)")
-    add("--metrics-cert-key", default="tls.key", help="key file name (default tls.key)")
-    add(
-        "--health-probe-bind-address",
-        type=bind_address,
-        default=":8081",
-        help="address of /healthz and /readyz (default :8081); 0 disables",
-    )
-    add(
-        "--enable-http2",
-        type=_bool,
-        nargs="?",
-        const=True,
-        default=False,
-        metavar="BOOL",
-        help="accepted for the Go controller's manifests; HTTP/2 is never served, so true "
-        "has no effect (logged as unused); default false",
-    )
-    add(
-        "--leader-elect",
-        type=_bool,
-        nargs="?",
-        const=True,
-        default=False,
-        metavar="BOOL",
-        help="elect a leader with a Lease so only one replica writes",
-    )
-    add(
-        "--leader-election-id",
-        default="27bc728d.vllm.ai",
-        help="Lease name (default 27bc728d.vllm.ai, the Go controller's)",
-    )
-    add(
-        "--leader-election-namespace",
-        default=None,
-        help="Lease namespace; default: the Pod's namespace, else default",
-    )
-    add(
-        "--leader-elect-lease-duration",
-        type=duration,
-        default=15.0,
-        metavar="DURATION",
-        help="how long a lease is valid without renewal (default 15s)",
-    )
-    add(
-        "--leader-elect-renew-deadline",
-        type=duration,
-        default=10.0,
-        metavar="DURATION",
-        help="how long the leader keeps trying to renew before giving up (default 10s)",
-    )
-    add(
-        "--leader-elect-retry-period",
-        type=duration,
-        default=2.0,
-        metavar="DURATION",
-        help="time between election attempts (default 2s)",
-    )
-    add(
-        "--allow-cross-namespace-router-ref",
-        type=_bool,
-        nargs="?",
-        const=True,
-        default=False,
-        metavar="BOOL",
-        help="let spec.routerRef name a Service in another namespace",
-    )
-    add(
-        "--probe-concurrency",
-        type=int,
-        default=128,
-        help="router /health probes in flight at once, shared between namespaces: one "
-        "namespace may hold half of them, one StaticRoute a quarter (default 128)",
-    )
-    add(
-        "--shutdown-timeout",
-        type=duration,
-        default=15.0,
-        metavar="DURATION",
-        help="how long in-flight reconciles may take after SIGTERM (default 15s)",
-    )
+    setting("--kubeconfig", "kubeconfig")
+    setting("--namespaces", "namespaces", default=os.environ.get("WATCH_NAMESPACES", ""))
+    setting("--max-concurrent-reconciles", "max_concurrent_reconciles", type=int)
+    setting("--metrics-bind-address", "serving.metrics_bind_address", type=bind_address)
+    setting("--metrics-secure", "serving.metrics_secure", **boolean)
+    setting("--metrics-cert-path", "serving.metrics_cert_path")
+    setting("--metrics-cert-name", "serving.metrics_cert_name")
+    setting("--metrics-cert-key", "serving.metrics_cert_key")
+    setting("--health-probe-bind-address", "serving.health_probe_bind_address", type=bind_address)
+    setting("--enable-http2", "serving.enable_http2", **boolean)
+    setting("--leader-elect", "leader_election.enabled", **boolean)
+    setting("--leader-election-id", "leader_election.lease_name")
+    setting("--leader-election-namespace", "leader_election.lease_namespace")
+    setting("--leader-elect-lease-duration", "leader_election.lease_duration", **seconds)
+    setting("--leader-elect-renew-deadline", "leader_election.renew_deadline", **seconds)
+    setting("--leader-elect-retry-period", "leader_election.retry_period", **seconds)
+    setting("--allow-cross-namespace-router-ref", "allow_cross_namespace_router_ref", **boolean)
+    setting("--probe-concurrency", "probe_concurrency", type=int)
+    setting("--shutdown-timeout", "shutdown_timeout", **seconds)
     for name, default in (("path", ""), ("name", "tls.crt"), ("key", "tls.key")):
         add(
             f"--webhook-cert-{name}",
@@ -246,7 +197,7 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         metavar="LEVEL",
         help="debug, info, error, or an integer > 0 (zap's V-levels; all are debug here); "
-        "warning is accepted too. Default info (debug with --zap-devel)",
+        f"warning is accepted too. Default {DEFAULTS.logging.level} (debug with --zap-devel)",
     )
     add(
         "--zap-stacktrace-level",
@@ -265,9 +216,6 @@ def parser() -> argparse.ArgumentParser:
         "else ISO 8601 with microseconds)",
     )
     return p
-
-
-TIME_ENCODINGS = ("rfc3339nano", "rfc3339", "iso8601", "millis", "nanos", "epoch")
 
 
 def _choice(what: str, values: tuple[str, ...]) -> Callable[[str], str]:
@@ -348,11 +296,11 @@ def _logging(args: argparse.Namespace) -> Logging:
     if args.encoder is not None:
         keys, format_ = args.encoder
     elif devel is None:
-        keys, format_ = "structlog", "json"
+        keys, format_ = DEFAULTS.logging.keys, DEFAULTS.logging.format
     else:
         keys, format_ = "zap", "console" if devel else "json"
     return Logging(
-        level=args.log_level or ("debug" if devel else "info"),
+        level=args.log_level or ("debug" if devel else DEFAULTS.logging.level),
         format=format_,
         keys=keys,
         # Unless a zap flag chose the format, only exceptions carry a trace (their own).

@@ -9,7 +9,6 @@ status write is needed at all: a steady cluster sees no writes.
 from __future__ import annotations
 
 import contextlib
-import datetime
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,11 +21,6 @@ ROUTER_HEALTHY = "RouterHealthy"
 ROUTER_CONFIG_SYNCED = "RouterConfigSynced"
 READY = "Ready"
 ORDER = (CONFIG_MAP_READY, ROUTER_HEALTHY, ROUTER_CONFIG_SYNCED, READY)
-
-
-def rfc3339(moment: datetime.datetime) -> str:
-    """metav1.Time's wire form: UTC, whole seconds, ``Z``."""
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def condition(

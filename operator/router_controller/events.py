@@ -34,9 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import secrets
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,7 +43,7 @@ from typing import Any, Protocol
 import aiohttp
 import structlog
 
-from router_controller.conditions import rfc3339
+from router_controller.clock import SYSTEM_CLOCK, Clock, format_time
 from router_controller.kube import EVENTS, ApiError, NotFound, Object
 from router_controller.metrics import Metrics
 from router_controller.ratelimit import TokenBucket
@@ -107,15 +105,13 @@ class EventRecorder:
         *,
         kube: EventApi,
         identity: str,
-        now: Callable[[], datetime.datetime],
         metrics: Metrics,
         busy: Callable[[], bool] = lambda: False,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
         max_buffer: int = MAX_BUFFER,
     ) -> None:
         self._kube = kube
         self._identity = identity
-        self._now = now
         self._metrics = metrics
         self._busy = busy
         self._clock = clock
@@ -146,7 +142,7 @@ class EventRecorder:
         uid = str(meta.get("uid") or meta["name"])
         message = message[:MAX_MESSAGE]
         key: SeriesKey = (namespace, uid, type_, reason, message)
-        stamp = rfc3339(self._now())
+        stamp = format_time(self._clock.now())
         buffer = self._buffer
         waiting = buffer.pending.get(key)
         if waiting is not None:  # the same Event is still waiting: fold this one in
@@ -169,7 +165,7 @@ class EventRecorder:
             "uid": meta.get("uid"),
             "resourceVersion": meta.get("resourceVersion"),
         }
-        buffer.pending[key] = _Pending(involved, 1, stamp, stamp, self._clock())
+        buffer.pending[key] = _Pending(involved, 1, stamp, stamp, self._clock.monotonic())
         self._metrics.events_pending.set(len(buffer.pending))
         self._empty.clear()
         self._wake.set()
@@ -226,7 +222,7 @@ class EventRecorder:
             return 0.0
         if self._draining or not self._busy():
             return None
-        waited = self._clock() - next(iter(pending.values())).queued_at
+        waited = self._clock.monotonic() - next(iter(pending.values())).queued_at
         if waited < BUSY_MAX_WAIT:
             return min(IDLE_RECHECK, BUSY_MAX_WAIT - waited)
         if self._busy_bucket.take():

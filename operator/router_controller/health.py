@@ -73,7 +73,6 @@ import asyncio
 import ipaddress
 import os
 import random
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -81,9 +80,10 @@ from typing import Any, Protocol
 import aiohttp
 
 from router_controller.api import MAX_TIMEOUT_SECONDS, HealthCheck, LabelSelector, StaticRouteSpec
+from router_controller.clock import SYSTEM_CLOCK, Clock, format_time
 from router_controller.fairshare import FairSlots, Limits
 from router_controller.kube import Object
-from router_controller.metrics import Metrics
+from router_controller.metrics import Metrics, ProbeOutcome
 from router_controller.reconcile import Key
 from router_controller.routerstate import (
     CONFIG_NOT_APPLIED_AFTER,
@@ -93,7 +93,7 @@ from router_controller.routerstate import (
     RouterReport,
     build_report,
     clip,
-    parse_time,
+    posix_time,
     read_health,
     selector_matches,
     too_long,
@@ -180,7 +180,7 @@ class Prober:
         concurrency: int,
         allow_cross_namespace: bool,
         session: aiohttp.ClientSession | None = None,
-        now: Callable[[], str] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
         config_not_applied_after: float = CONFIG_NOT_APPLIED_AFTER,
     ) -> None:
         self._services = services
@@ -193,7 +193,7 @@ class Prober:
         self._queue: WorkQueue[ProbeKey] = WorkQueue(name="probes")
         self._session = session
         self._own_session = session is None
-        self._now = now or (lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        self._clock = clock  # wall time only: the schedule runs on the probe queue's clock
         self._not_applied_after = config_not_applied_after
         self._routes: dict[Key, _Route] = {}
         # Reverse indexes, so a Service or EndpointSlice event finds its StaticRoutes
@@ -260,7 +260,7 @@ class Prober:
         if spec.router_ref is None and spec.router_selector is None:
             self.forget(*key)
             return None
-        applied_at = parse_time((route.get("status") or {}).get("lastAppliedTime"))
+        applied_at = posix_time((route.get("status") or {}).get("lastAppliedTime"))
         state = _Route(expected=expected, applied_at=applied_at)
         addresses: list[str] = []
         if spec.router_ref is not None:
@@ -480,7 +480,7 @@ class Prober:
     def _report(self, key: Key, generation: int | None) -> RouterReport:
         route = self._routes[key]
         endpoints = self._endpoints.get(key, {})
-        now = parse_time(self._now())
+        now = posix_time(format_time(self._clock.now()))  # whole seconds, as stamps are
         views = [
             replace(
                 endpoints[a].state.view(
@@ -580,8 +580,8 @@ class Prober:
         self._metrics.probe_duration.labels(*key).observe(loop.time() - started)
         route = self._routes.get(key)
         expected = route.expected if route is not None else None
-        stamp = self._now()
-        now = parse_time(stamp)
+        stamp = format_time(self._clock.now())
+        now = posix_time(stamp)
         applied_at = route.applied_at if route is not None else None
         window = self._not_applied_after
         # Before: as judged at the previous probe, so a window that lapsed since is a change.
@@ -592,7 +592,9 @@ class Prober:
         after = endpoint.state.view(expected, now=now, applied_at=applied_at, window=window)
         endpoint.viewed_at = now
         outcome = (
-            "unhealthy" if not result.ok else ("stale" if after.synced is False else "healthy")
+            ProbeOutcome.UNHEALTHY
+            if not result.ok
+            else (ProbeOutcome.STALE if after.synced is False else ProbeOutcome.HEALTHY)
         )
         self._metrics.probe_total.labels(*key, outcome).inc()
         if after != before:

@@ -42,6 +42,7 @@ from typing import Any, overload
 import aiohttp
 import structlog
 
+from router_controller.clock import SYSTEM_CLOCK, Clock
 from router_controller.kube import (
     ApiError,
     Gone,
@@ -111,8 +112,10 @@ class Informer:
         indexers: Mapping[str, Indexer] | None = None,
         transform: Transform | None = None,
         page_size: int | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.resource = resource
+        self._clock = clock
         self._kube = kube
         self._scopes: list[str | None] = list(namespaces) if namespaces else [None]
         self._handlers: list[Handler] = [handler] if handler is not None else []
@@ -357,8 +360,7 @@ class Informer:
         }
         if self._selector:
             params["labelSelector"] = self._selector
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = self._clock.monotonic()
         events = 0
         async for event in self._kube.watch(
             self.resource.path(scope), params=params, stall_timeout=self._tuning.stall_timeout
@@ -387,7 +389,7 @@ class Informer:
                 obj = self._prepare(obj)
                 key = key_of(obj)  # its strings shared, as the cache holds them
                 self._handler(kind, obj, self._store(key, obj))
-        if events == 0 and loop.time() - started < SHORT_WATCH_SECONDS:
+        if events == 0 and self._clock.monotonic() - started < SHORT_WATCH_SECONDS:
             raise ShortWatch(
                 f"watch of {self.resource.path(scope)} ended within "
                 f"{SHORT_WATCH_SECONDS:.0f}s without an event"

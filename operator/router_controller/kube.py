@@ -58,8 +58,7 @@ import email.utils
 import json
 import math
 import re
-import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -67,6 +66,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import structlog
 
+from router_controller.clock import SYSTEM_CLOCK, Clock
 from router_controller.kubeconfig import REFRESH_AFTER_401_MIN, ClientConfig, load_client_config
 from router_controller.metrics import Metrics
 from router_controller.ratelimit import TokenBucket
@@ -215,7 +215,7 @@ _ERRORS: dict[int, type[ApiError]] = {
 }
 
 
-def parse_retry_after(value: str | None) -> float | None:
+def parse_retry_after(value: str | None, *, clock: Clock = SYSTEM_CLOCK) -> float | None:
     """The ``Retry-After`` header in seconds: delta-seconds, or an HTTP date."""
     if not value:
         return None
@@ -229,7 +229,7 @@ def parse_retry_after(value: str | None) -> float | None:
             return None
         if when.tzinfo is None:
             when = when.replace(tzinfo=datetime.UTC)
-        seconds = (when - datetime.datetime.now(datetime.UTC)).total_seconds()
+        seconds = (when - clock.now()).total_seconds()
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
@@ -307,7 +307,7 @@ class Concurrency:
     admits, which leaves room in the queue for the Lease, whose client is not counted.
     """
 
-    def __init__(self, maximum: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, maximum: int, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.maximum = float(maximum)
         self.limit = float(maximum)
         self.in_flight = 0
@@ -325,7 +325,7 @@ class Concurrency:
         """Give the slot back; ``throttled``: the answer was a 429 (its Retry-After)."""
         async with self._changed:
             self.in_flight -= 1
-            now = self._clock()
+            now = self._clock.monotonic()
             if throttled is not None:  # halve what was in flight, not a limit never reached
                 self.limit = max(1.0, min(self.limit, self.in_flight + 1) / 2)
                 self._hold_until = now + max(1.0, throttled)
@@ -345,16 +345,14 @@ class AuthHealth:
     gone for good (a restart re-reads everything from scratch).
     """
 
-    def __init__(
-        self, *, restart_after: float = 60.0, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, *, restart_after: float = 60.0, clock: Clock = SYSTEM_CLOCK) -> None:
         self.restart_after = restart_after
         self._clock = clock
         self.failing_since: float | None = None
 
     def rejected(self) -> None:
         if self.failing_since is None:
-            self.failing_since = self._clock()
+            self.failing_since = self._clock.monotonic()
             log.error("the API server rejects our credentials (401)")
 
     def accepted(self) -> None:
@@ -367,7 +365,7 @@ class AuthHealth:
 
     def alive(self) -> bool:
         return self.failing_since is None or (
-            self._clock() - self.failing_since < self.restart_after
+            self._clock.monotonic() - self.failing_since < self.restart_after
         )
 
 
@@ -394,6 +392,7 @@ class _Shared:
     budget: TokenBucket  # the global cap on retries
     auth: AuthHealth
     concurrency: Concurrency
+    clock: Clock
     refreshed_at: float = -math.inf  # when a 401 last forced a credential refresh
 
 
@@ -416,6 +415,7 @@ class Kube:
         connections: int = 64,
         retry: RetryPolicy | None = None,
         name: str = "requests",
+        clock: Clock = SYSTEM_CLOCK,
         _shared: _Shared | None = None,
         _capped: bool = True,
     ) -> None:
@@ -425,9 +425,10 @@ class Kube:
             config=config,
             metrics=metrics,
             user_agent=user_agent,
-            budget=TokenBucket(rate=policy.rate, burst=policy.burst),
-            auth=AuthHealth(),
-            concurrency=Concurrency(connections),
+            budget=TokenBucket(rate=policy.rate, burst=policy.burst, clock=clock),
+            auth=AuthHealth(clock=clock),
+            concurrency=Concurrency(connections, clock=clock),
+            clock=clock,
         )
         self._config = config
         self._retry = policy
@@ -537,7 +538,7 @@ class Kube:
         used = headers.get("Authorization")
         credentials = self._config.credentials
         if await credentials.header() == used:  # nobody refreshed since this request left
-            now = time.monotonic()
+            now = self._shared.clock.monotonic()
             if now - self._shared.refreshed_at >= REFRESH_AFTER_401_MIN:
                 self._shared.refreshed_at = now
                 await credentials.refresh()
@@ -545,6 +546,9 @@ class Kube:
             return True
         self._shared.auth.rejected()
         return False
+
+    def _retry_after(self, headers: Mapping[str, str]) -> float | None:
+        return parse_retry_after(headers.get("Retry-After"), clock=self._shared.clock)
 
     def _count(self, code: int | str, method: str) -> None:
         self._metrics.rest_requests.labels(str(code), method, self._host).inc()
@@ -595,7 +599,7 @@ class Kube:
                 if gate is not None:
                     throttled = None
                     if status == 429:
-                        throttled = parse_retry_after(response.headers.get("Retry-After")) or 1.0
+                        throttled = self._retry_after(response.headers) or 1.0
                     await asyncio.shield(gate.release(throttled=throttled))
             if await self._answered(status, headers) and not refreshed:
                 refreshed = True
@@ -613,7 +617,7 @@ class Kube:
                 decoded,
                 method,
                 path,
-                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                retry_after=self._retry_after(response.headers),
             )
             wait = self._retry_wait(error, retries)
             if wait is None:
@@ -687,7 +691,7 @@ class Kube:
                         decoded,
                         "WATCH",
                         path,
-                        retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                        retry_after=self._retry_after(response.headers),
                     )
                 async for line in _lines(response.content):
                     yield MalformedWatchEvent.decode(line, path)

@@ -43,15 +43,15 @@ import importlib.util
 import os
 import ssl
 import sys
-import time
 import types
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import structlog
+
+from router_controller.clock import SYSTEM_CLOCK, Clock, parse_time
 
 log = structlog.get_logger("kubeconfig")
 
@@ -157,7 +157,7 @@ class FileToken:
         *,
         fallback: str | None = None,
         period: float = TOKEN_FILE_PERIOD,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.path = path
         self._value = fallback
@@ -167,7 +167,7 @@ class FileToken:
         self.reads = 0
 
     async def header(self) -> str | None:
-        if self._read_at is None or self._clock() - self._read_at >= self._period:
+        if self._read_at is None or self._clock.monotonic() - self._read_at >= self._period:
             self._read()
         return f"Bearer {self._value}" if self._value else None
 
@@ -175,7 +175,7 @@ class FileToken:
         self._read()
 
     def _read(self) -> None:
-        self._read_at = self._clock()
+        self._read_at = self._clock.monotonic()
         self.reads += 1
         try:
             token = Path(self.path).read_text().strip()
@@ -184,10 +184,6 @@ class FileToken:
             return
         if token:
             self._value = token
-
-
-def _utcnow() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
 
 
 class ExecToken:
@@ -205,7 +201,7 @@ class ExecToken:
         tls: TlsFiles | None,
         token: str | None = None,
         expiry: datetime.datetime | None = None,
-        now: Callable[[], datetime.datetime] = _utcnow,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         config, _ = _loader()
         if isinstance(exec_config, dict):  # the stanza itself rather than the loader's node
@@ -216,7 +212,7 @@ class ExecToken:
         self._provider = provider_module.ExecProvider(exec_config)
         self._config_exception = config.ConfigException
         self._tls = tls
-        self._now = now
+        self._clock = clock
         self._token = token
         self._refresh_at = self._due(expiry) if expiry else None
         self._lock = asyncio.Lock()
@@ -225,17 +221,17 @@ class ExecToken:
     def _due(self, expiry: datetime.datetime) -> datetime.datetime:
         if expiry.tzinfo is None:
             expiry = expiry.replace(tzinfo=datetime.UTC)
-        life = (expiry - self._now()).total_seconds()
+        life = (expiry - self._clock.now()).total_seconds()
         early = max(0.0, min(EXEC_EARLY_MAX, 0.2 * life))
         return expiry - datetime.timedelta(seconds=early)
 
     async def header(self) -> str | None:
         if self._token is None or (
-            self._refresh_at is not None and self._now() >= self._refresh_at
+            self._refresh_at is not None and self._clock.now() >= self._refresh_at
         ):
             async with self._lock:  # one run for every request waiting on it
                 if self._token is None or (
-                    self._refresh_at is not None and self._now() >= self._refresh_at
+                    self._refresh_at is not None and self._clock.now() >= self._refresh_at
                 ):
                     await self._run()
         return f"Bearer {self._token}" if self._token else None
@@ -252,7 +248,7 @@ class ExecToken:
         except (self._config_exception, OSError, TimeoutError, ValueError) as err:
             log.error("credential plugin failed", error=str(err) or repr(err))
             if self._refresh_at is not None:  # try again soon, not on every request
-                self._refresh_at = self._now() + datetime.timedelta(seconds=1)
+                self._refresh_at = self._clock.now() + datetime.timedelta(seconds=1)
             return
         if not isinstance(status, dict):
             log.error("credential plugin returned no status")
@@ -271,9 +267,8 @@ class ExecToken:
         expiry = status.get("expirationTimestamp")
         self._refresh_at = None
         if expiry:
-            try:
-                when = datetime.datetime.fromisoformat(str(expiry).replace("Z", "+00:00"))
-            except ValueError:
+            when = parse_time(str(expiry))
+            if when is None:
                 log.error("credential plugin returned a bad expirationTimestamp", value=expiry)
             else:
                 self._refresh_at = self._due(when)
@@ -302,7 +297,7 @@ class TlsFiles:
         verify: bool,
         server_name: str | None,
         check_period: float = CERT_CHECK_PERIOD,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.ca_file = ca_file
         self.cert_file = cert_file
@@ -313,7 +308,7 @@ class TlsFiles:
         self._clock = clock
         self._stamps = self._stat()
         self._context = self._build()  # at start, a bad file is a start-up error
-        self._checked = clock()
+        self._checked = clock.monotonic()
         self.reloads = 0
 
     def _files(self) -> list[str]:
@@ -341,7 +336,7 @@ class TlsFiles:
 
     def context(self) -> ssl.SSLContext:
         """The current context; files are looked at no more than every ``check_period``."""
-        now = self._clock()
+        now = self._clock.monotonic()
         if now - self._checked >= self._period:
             self._checked = now
             stamps = self._stat()

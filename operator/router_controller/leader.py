@@ -3,7 +3,9 @@
 Only the leader reconciles and probes, so two replicas of the operator (or the Go
 original and this one during a migration: same default Lease name) never write at
 once. Deadlines are measured on the monotonic clock, never on wall time, and the
-Lease's times are written as Kubernetes MicroTime (RFC3339 UTC with microseconds).
+Lease's times are written as Kubernetes MicroTime (RFC3339 UTC with microseconds);
+both, and the waits between attempts, come from one injected
+:class:`~router_controller.clock.SleepingClock`.
 
 - A candidate takes the Lease when it is free or when its holder has not renewed
   it for ``leaseDurationSeconds`` as observed locally: the candidate trusts no other
@@ -25,15 +27,13 @@ wall-clock time, never increments ``leaseTransitions`` and writes naive timestam
 from __future__ import annotations
 
 import asyncio
-import datetime
 import math
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import aiohttp
 import structlog
 
+from router_controller.clock import SYSTEM_CLOCK, SleepingClock, format_micro_time
 from router_controller.kube import LEASES, ApiError, Conflict, NotFound, Object
 from router_controller.metrics import Metrics
 from router_controller.settings import LeaderElection
@@ -41,20 +41,6 @@ from router_controller.settings import LeaderElection
 log = structlog.get_logger("leader")
 
 _FAILURES = (ApiError, aiohttp.ClientError, TimeoutError)
-
-
-def micro_time(moment: datetime.datetime) -> str:
-    """Kubernetes MicroTime: RFC3339 in UTC with exactly six fractional digits.
-
-    A naive ``moment`` is taken to be UTC already (never local time).
-    """
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.UTC)
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _utcnow() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
 
 
 class LeaseApi(Protocol):
@@ -78,9 +64,7 @@ class LeaderElector:
         namespace: str,
         identity: str,
         metrics: Metrics,
-        monotonic: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        wall: Callable[[], datetime.datetime] = _utcnow,
+        clock: SleepingClock = SYSTEM_CLOCK,
     ) -> None:
         self._kube = kube
         self._settings = settings
@@ -88,9 +72,7 @@ class LeaderElector:
         self._collection = LEASES.path(namespace)
         self._namespace = namespace
         self.identity = identity
-        self._monotonic = monotonic
-        self._sleep = sleep
-        self._wall = wall
+        self._clock = clock
         self._gauge = metrics.leader.labels(settings.lease_name)
         self._gauge.set(0)
         self.elected = asyncio.Event()
@@ -107,29 +89,29 @@ class LeaderElector:
         retry = self._settings.retry_period
         log.info("waiting for leadership", lease=self.lease, identity=self.identity)
         while True:
-            started = self._monotonic()
+            started = self._clock.monotonic()
             # An attempt to acquire may take as long as a renewal may.
             if await self._try_acquire_or_renew(started + self._settings.renew_deadline):
                 break
-            await self._sleep(retry)
+            await self._clock.sleep_until(self._clock.monotonic() + retry)
         self.elected.set()
         self._gauge.set(1)
         log.info("became leader", lease=self.lease, identity=self.identity)
         deadline = started + self._settings.renew_deadline
         while True:
-            await self._sleep(retry)
-            started = self._monotonic()
+            await self._clock.sleep_until(self._clock.monotonic() + retry)
+            started = self._clock.monotonic()
             if started < deadline and await self._try_acquire_or_renew(deadline):
                 deadline = started + self._settings.renew_deadline
                 continue
-            if self._monotonic() >= deadline:
+            if self._clock.monotonic() >= deadline:
                 self._gauge.set(0)
                 self.lost.set()
                 log.error("lost leadership", lease=self.lease, identity=self.identity)
                 return
 
     async def _try_acquire_or_renew(self, deadline: float) -> bool:
-        remaining = deadline - self._monotonic()
+        remaining = deadline - self._clock.monotonic()
         if remaining <= 0:
             return False
         try:
@@ -140,7 +122,7 @@ class LeaderElector:
             return False
 
     async def _attempt(self) -> bool:
-        now_wall = micro_time(self._wall())
+        now_wall = format_micro_time(self._clock.now())
         try:
             lease = await self._kube.get(self._path)
         except NotFound:
@@ -160,7 +142,7 @@ class LeaderElector:
         self._observe(lease)
         holder = spec.get("holderIdentity") or ""
         duration = float(spec.get("leaseDurationSeconds") or self._settings.lease_duration)
-        expired = self._monotonic() >= self._observed_at + duration
+        expired = self._clock.monotonic() >= self._observed_at + duration
         if holder and holder != self.identity and not expired:
             return False  # held by someone else, and not expired as seen from here
         transitions = int(spec.get("leaseTransitions") or 0)
@@ -190,7 +172,7 @@ class LeaderElector:
         spec = lease.get("spec") or {}
         if spec != self._observed_spec:
             self._observed_spec = spec
-            self._observed_at = self._monotonic()
+            self._observed_at = self._clock.monotonic()
 
     async def release(self) -> None:
         """Give the lease up so that a successor need not wait for it to expire.
@@ -208,7 +190,7 @@ class LeaderElector:
                 spec = lease.get("spec") or {}
                 if spec.get("holderIdentity") != self.identity:
                     return
-                now_wall = micro_time(self._wall())
+                now_wall = format_micro_time(self._clock.now())
                 lease["spec"] = {
                     "holderIdentity": "",
                     "leaseDurationSeconds": 1,

@@ -20,6 +20,7 @@ does not: that is switched off, so a scrape holds the series controller-runtime'
 
 from __future__ import annotations
 
+import enum
 import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -35,6 +36,15 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+
+class ProbeOutcome(enum.StrEnum):
+    """The ``result`` label of ``router_controller_probe_total``: what one probe found."""
+
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"  # no answer, an error status, or an answer that is not health
+    STALE = "stale"  # healthy, but serving another config than the ConfigMap's file
+
 
 # controller-runtime's reconcile_time_seconds buckets.
 _RECONCILE_BUCKETS = (
@@ -175,7 +185,7 @@ class Metrics:
         )
         self.probe_total = Counter(
             "router_controller_probe",
-            "Router /health probes per StaticRoute and result (healthy, unhealthy, stale)",
+            f"Router /health probes per StaticRoute and result ({', '.join(ProbeOutcome)})",
             ["namespace", "staticroute", "result"],
             registry=r,
         )
@@ -263,7 +273,7 @@ class Metrics:
 
     def forget_staticroute(self, namespace: str, name: str) -> None:
         """Drop the series of a deleted StaticRoute so label sets stay bounded."""
-        for result in ("healthy", "unhealthy", "stale"):
+        for result in ProbeOutcome:
             _remove(self.probe_total, namespace, name, result)
         _remove(self.probe_duration, namespace, name)
         _remove(self.routers_unhealthy, namespace, name)

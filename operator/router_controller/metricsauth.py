@@ -47,11 +47,11 @@ import hashlib
 import hmac
 import math
 import os
-import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Protocol
 
+from router_controller.clock import SYSTEM_CLOCK, Clock
 from router_controller.kube import Kube
 from router_controller.metrics import Metrics
 from router_controller.ratelimit import TokenBucket
@@ -66,8 +66,6 @@ REVIEW_TIMEOUT = 10.0
 
 OK, UNAUTHORIZED, FORBIDDEN, TOO_MANY_REQUESTS = 200, 401, 403, 429
 _RESULTS = {OK: "allowed", UNAUTHORIZED: "unauthenticated", FORBIDDEN: "forbidden"}
-
-Clock = Callable[[], float]
 
 
 class Review(Protocol):
@@ -110,7 +108,7 @@ class MetricsAuth:
         *,
         review: Review,
         metrics: Metrics,
-        clock: Clock = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
         rate: float = UNKNOWN_TOKEN_RATE,
         burst: int = UNKNOWN_TOKEN_BURST,
         allowed_entries: int = ALLOWED_ENTRIES,
@@ -145,7 +143,7 @@ class MetricsAuth:
         if scheme.lower() != "bearer" or not token:
             return UNAUTHORIZED
         key = hmac.digest(self._secret, token.encode(), hashlib.sha256)
-        now = self._clock()
+        now = self._clock.monotonic()
         allowed = self._allowed.get(key)
         if allowed is not None and allowed[0] > now:
             return OK
@@ -171,7 +169,7 @@ class MetricsAuth:
             self._metrics.metrics_auth_reviews.labels("error").inc()
             raise
         self._metrics.metrics_auth_reviews.labels(_RESULTS.get(status, "error")).inc()
-        now = self._clock()
+        now = self._clock.monotonic()
         if status == OK:
             self._refused.pop(key)
             self._allowed.put(key, now + ALLOWED_TTL, status)

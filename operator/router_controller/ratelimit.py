@@ -10,24 +10,21 @@ must never sleep (limiter packages on PyPI wait for a permit, which none of thes
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from router_controller.clock import SYSTEM_CLOCK, Clock
 
 
 class TokenBucket:
     """``rate`` permits a second, at most ``burst`` saved up; never waits."""
 
-    def __init__(
-        self, *, rate: float, burst: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, *, rate: float, burst: float, clock: Clock = SYSTEM_CLOCK) -> None:
         self._rate = rate
         self._burst = float(burst)
         self._clock = clock
         self._tokens = float(burst)
-        self._at = clock()
+        self._at = clock.monotonic()
 
     def _refill(self) -> None:
-        now = self._clock()
+        now = self._clock.monotonic()
         self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
         self._at = now
 

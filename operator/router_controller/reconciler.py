@@ -46,8 +46,7 @@ namespace is not a failure: the StaticRoute is going away with it.
 from __future__ import annotations
 
 import contextlib
-import datetime
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -67,7 +66,9 @@ from router_controller.api import (
     StaticRouteSpec,
     StaticRouteStatus,
     config_map_name,
+    default_config_map_name,
 )
+from router_controller.clock import SYSTEM_CLOCK, Clock, format_time
 from router_controller.events import EventRecorder
 from router_controller.informer import Informer
 from router_controller.kube import (
@@ -122,7 +123,8 @@ def wanted_configmap(route: Object) -> list[str]:
     """Indexer: "namespace/name" of the ConfigMap a StaticRoute asks for."""
     meta = route["metadata"]
     spec = route.get("spec") or {}
-    return [f"{meta.get('namespace', '')}/{spec.get('configMapName') or meta['name'] + '-config'}"]
+    name = spec.get("configMapName") or default_config_map_name(meta["name"])
+    return [f"{meta.get('namespace', '')}/{name}"]
 
 
 def owned_by(obj: Object, uid: str) -> bool:
@@ -149,7 +151,7 @@ class StaticRouteReconciler:
         routes: Informer,
         configmaps: Informer,
         recorder: EventRecorder,
-        now: Callable[[], datetime.datetime],
+        clock: Clock = SYSTEM_CLOCK,
         health: RouterHealth | None = None,
         metrics: Metrics | None = None,
     ) -> None:
@@ -157,7 +159,7 @@ class StaticRouteReconciler:
         self._routes = routes
         self._configmaps = configmaps
         self._recorder = recorder
-        self._now = now
+        self._clock = clock
         self._health = health
         self._metrics = metrics
 
@@ -224,7 +226,7 @@ class StaticRouteReconciler:
             )
             config_map_ref = cm_name
             if outcome.changed or not applied:
-                applied = cond.rfc3339(self._now())
+                applied = format_time(self._clock.now())
 
         report = None
         if self._health is not None:
@@ -442,7 +444,7 @@ class StaticRouteReconciler:
         complete = status.model_copy(
             update={
                 "observed_generation": generation,
-                "conditions": cond.merge(before, desired, cond.rfc3339(self._now())),
+                "conditions": cond.merge(before, desired, format_time(self._clock.now())),
             }
         )
         new = complete.model_dump(by_alias=True, exclude_none=True)

@@ -132,16 +132,28 @@ the k8s discovery type (no key)
 
 Rendering is deterministic (sorted keys, fixed separators, trimmed items) so an
 unchanged spec always yields the same bytes and the reconciler can skip the write.
+
+Which spec field becomes which key, and how, is one table (:data:`SPEC_FIELDS`): a row
+per ``StaticRouteSpec`` field, copied through, rendered by a named function, or
+deliberately not written (with the reason). Adding a router key is a row there, the
+field in :mod:`router_controller.api` and the CRD; a unit test fails for a spec field
+without a row, and for a row whose key the router does not accept.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from router_controller.api import MODEL_TYPES, StaticRouteSpec, config_map_name
+from router_controller.api import (
+    MODEL_TYPES,
+    StaticRouteSpec,
+    config_map_name,
+    default_config_map_name,
+)
 
 # The router's own URL check (vllm_router.utils.validate_url), applied to each item
 # of static_backends after splitting on "," with no trimming.
@@ -209,18 +221,70 @@ UNSUPPORTED_ROUTING_LOGIC: dict[str, str] = {
     ),
 }
 
-# Spec fields copied through unchanged (after trimming strings) when set.
-_PASSTHROUGH = (
-    "static_backend_health_checks",
-    "static_backend_health_check_interval",
-    "static_backend_health_check_timeout_seconds",
-    "prefill_model_labels",
-    "decode_model_labels",
-    "k8s_port",
-    "k8s_namespace",
-    "k8s_label_selector",
-    "session_key",
+# The router's keys that no spec field sets, and why.
+NOT_EXPOSED: dict[str, str] = {
+    "callbacks": "makes the router import a Python module by name; a wrong one leaves it "
+    "without an HTTP server",
+}
+
+
+class Written(enum.Enum):
+    """How a spec field reaches the file."""
+
+    COPIED = "copied when set (strings trimmed)"
+    RENDERED = "rendered by the named function"
+    NOT_WRITTEN = "not written, for the reason given"
+
+
+@dataclass(frozen=True, slots=True)
+class SpecField:
+    """One ``StaticRouteSpec`` field: the router key it becomes, and how."""
+
+    field: str
+    key: str | None
+    written: Written
+    # RENDERED: the function of this module that writes it; NOT_WRITTEN: why not;
+    # COPIED: what else happens to it, if anything.
+    note: str = ""
+
+
+def _copied(field: str, note: str = "") -> SpecField:
+    return SpecField(field, field, Written.COPIED, note)
+
+
+def _rendered(field: str, function: str) -> SpecField:
+    return SpecField(field, field, Written.RENDERED, function)
+
+
+def _not_written(field: str, reason: str) -> SpecField:
+    return SpecField(field, None, Written.NOT_WRITTEN, reason)
+
+
+SPEC_FIELDS: tuple[SpecField, ...] = (
+    _rendered("service_discovery", "render"),  # always written: the router requires it
+    _rendered("routing_logic", "render"),  # always written; refused ones never reach it
+    _rendered("static_backends", "_check_backends"),
+    _rendered("static_models", "_items"),
+    _rendered("static_aliases", "_aliases"),
+    _rendered("static_model_labels", "_model_labels"),
+    _rendered("static_model_types", "_model_types"),
+    _copied("static_backend_health_checks"),
+    _copied("static_backend_health_check_interval"),
+    _copied("static_backend_health_check_timeout_seconds"),
+    _copied("prefill_model_labels"),
+    _copied("decode_model_labels"),
+    _copied("k8s_port"),
+    _copied("k8s_namespace", "with k8s discovery, render names the StaticRoute's when unset"),
+    _copied("k8s_label_selector"),
+    _copied("session_key"),
+    _not_written("router_ref", "the router Service the operator probes"),
+    _not_written("router_selector", "the router Services the operator probes"),
+    _not_written("router_port", "the Service port the operator probes"),
+    _not_written("health_check", "how the operator probes the routers"),
+    _not_written("config_map_name", "where the operator writes the file"),
 )
+
+_COPIED = tuple(row.field for row in SPEC_FIELDS if row.written is Written.COPIED)
 
 
 class InvalidSpecError(ValueError):
@@ -294,6 +358,39 @@ def _aliases(spec: StaticRouteSpec, models: list[str], problems: list[str]) -> s
     return ",".join(cleaned)
 
 
+def _model_labels(spec: StaticRouteSpec, models: list[str], problems: list[str]) -> str | None:
+    """The trimmed labels, one per model (the router fails every request with fewer)."""
+    if spec.static_model_labels is None:
+        return None
+    labels = [label.strip() for label in spec.static_model_labels.split(",")]
+    if models and len(labels) != len(models):
+        problems.append(
+            f"spec.staticModelLabels has {len(labels)} labels but spec.staticModels has "
+            f"{len(models)} models; give one label per model (with fewer, the router "
+            "fails every request)"
+        )
+    return ",".join(labels)
+
+
+def _model_types(spec: StaticRouteSpec, models: list[str], problems: list[str]) -> str | None:
+    """The trimmed model types, each one the router knows, one per model."""
+    if spec.static_model_types is None:
+        return None
+    types = _items(spec.static_model_types, "staticModelTypes", problems)
+    unknown = [t for t in types if t not in MODEL_TYPES]
+    if unknown:
+        problems.append(
+            f"spec.staticModelTypes: unknown model type {', '.join(map(repr, unknown))}; "
+            f"each must be one of {', '.join(MODEL_TYPES)}"
+        )
+    if models and types and len(types) != len(models):
+        problems.append(
+            f"spec.staticModelTypes has {len(types)} types but spec.staticModels has "
+            f"{len(models)} models; give one type per model"
+        )
+    return ",".join(types)
+
+
 def render(spec: StaticRouteSpec, *, namespace: str | None = None) -> RenderedConfig:
     """Build the router's config from ``spec``, or raise :class:`InvalidSpecError`.
 
@@ -338,30 +435,12 @@ def render(spec: StaticRouteSpec, *, namespace: str | None = None) -> RenderedCo
     if aliases is not None:
         content["static_aliases"] = aliases
 
-    if spec.static_model_labels is not None:
-        labels = [label.strip() for label in spec.static_model_labels.split(",")]
-        content["static_model_labels"] = ",".join(labels)
-        if models and len(labels) != len(models):
-            problems.append(
-                f"spec.staticModelLabels has {len(labels)} labels but spec.staticModels has "
-                f"{len(models)} models; give one label per model (with fewer, the router "
-                "fails every request)"
-            )
-
-    if spec.static_model_types is not None:
-        types = _items(spec.static_model_types, "staticModelTypes", problems)
-        unknown = [t for t in types if t not in MODEL_TYPES]
-        if unknown:
-            problems.append(
-                f"spec.staticModelTypes: unknown model type {', '.join(map(repr, unknown))}; "
-                f"each must be one of {', '.join(MODEL_TYPES)}"
-            )
-        if models and types and len(types) != len(models):
-            problems.append(
-                f"spec.staticModelTypes has {len(types)} types but spec.staticModels has "
-                f"{len(models)} models; give one type per model"
-            )
-        content["static_model_types"] = ",".join(types)
+    labels = _model_labels(spec, models, problems)
+    if labels is not None:
+        content["static_model_labels"] = labels
+    types = _model_types(spec, models, problems)
+    if types is not None:
+        content["static_model_types"] = types
     if spec.static_backend_health_checks and not spec.static_model_types:
         problems.append(
             "spec.staticModelTypes is required when staticBackendHealthChecks is true "
@@ -373,7 +452,7 @@ def render(spec: StaticRouteSpec, *, namespace: str | None = None) -> RenderedCo
             "router's Kubernetes discovery ignores it): remove it, or use serviceDiscovery static"
         )
 
-    for field in _PASSTHROUGH:
+    for field in _COPIED:
         value = getattr(spec, field)
         if value is None:
             continue
@@ -436,8 +515,9 @@ def check_config_map_name(route_name: str, spec: StaticRouteSpec) -> None:
     if spec.config_map_name is None:
         name = config_map_name(route_name, spec)
         if len(name) > CONFIG_MAP_NAME_MAX:
+            shown = default_config_map_name(f"{route_name[:20]}...")
             raise InvalidSpecError(
-                f"the default ConfigMap name {route_name[:20]}...-config would be {len(name)} "
+                f"the default ConfigMap name {shown} would be {len(name)} "
                 f"characters, more than the {CONFIG_MAP_NAME_MAX} Kubernetes allows: "
                 "set spec.configMapName"
             )

@@ -36,7 +36,6 @@ instead of starting another window (:meth:`EndpointState.resume`).
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
 from collections.abc import Sequence
@@ -45,6 +44,7 @@ from typing import Any
 
 from router_controller import conditions as cond
 from router_controller.api import Condition, HealthCheck, LabelSelector, RouterStatus
+from router_controller.clock import parse_time
 from router_controller.routerconfig import ROUTER_KEYS, config_mismatches
 
 # The most of a /health answer that is read. vllm_router answers with its status and
@@ -83,17 +83,10 @@ NOT_APPLIED_HINT = (
 )
 
 
-def parse_time(stamp: str | None) -> float | None:
+def posix_time(stamp: str | None) -> float | None:
     """An RFC 3339 time (``2026-01-01T00:00:00Z``) as POSIX seconds; None if it is not one."""
-    if not stamp:
-        return None
-    try:
-        moment = datetime.datetime.fromisoformat(stamp)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.UTC)
-    return moment.timestamp()
+    moment = parse_time(stamp)
+    return None if moment is None else moment.timestamp()
 
 
 def duration(seconds: float) -> str:
@@ -262,7 +255,7 @@ class EndpointState:
         if view.not_applied:
             since = -math.inf
         elif stale and message.startswith(SERVES_ANOTHER):
-            since = parse_time(entry.get("lastProbeTime"))
+            since = posix_time(entry.get("lastProbeTime"))
         return cls(
             address,
             healthy=bool(healthy),

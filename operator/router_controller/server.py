@@ -81,6 +81,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from router_controller.clock import SYSTEM_CLOCK, Clock
 from router_controller.kube import ApiError, Kube
 from router_controller.metrics import Metrics
 from router_controller.metricsauth import (
@@ -157,11 +158,11 @@ def _check_handlers(app: web.Application, parent: str, checks: dict[str, Check])
     app.router.add_get(f"/{parent}/{{name}}", one_check)
 
 
-def self_signed(folder: Path) -> tuple[Path, Path]:
+def self_signed(folder: Path, *, clock: Clock = SYSTEM_CLOCK) -> tuple[Path, Path]:
     """A throw-away serving certificate for the metrics endpoint."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "router-controller-metrics")])
-    now = datetime.datetime.now(datetime.UTC)
+    now = clock.now()
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

@@ -2,11 +2,16 @@
 
 The command line (:mod:`router_controller.cli`) is the only producer; everything
 else receives the part it needs. Durations are seconds as floats.
+
+Each default is written here once. The command line takes its flags' defaults from
+these fields, and its help text from their ``description``, where ``{default}`` stands
+for the default as the flag spells it (``15s``, ``true``), so help and behaviour cannot
+drift apart.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -33,12 +38,30 @@ class _Frozen(BaseModel):
 
 
 class LeaderElection(_Frozen):
-    enabled: bool = False
-    lease_name: str = "27bc728d.vllm.ai"
-    lease_namespace: str | None = None  # None: the Pod's namespace, else "default"
-    lease_duration: float = Field(default=15.0, gt=0)
-    renew_deadline: float = Field(default=10.0, gt=0)
-    retry_period: float = Field(default=2.0, gt=0)
+    enabled: bool = Field(
+        default=False, description="elect a leader with a Lease so only one replica writes"
+    )
+    lease_name: str = Field(
+        default="27bc728d.vllm.ai",
+        description="Lease name (default {default}, the Go controller's)",
+    )
+    lease_namespace: str | None = Field(  # None: the Pod's namespace, else "default"
+        default=None, description="Lease namespace; default: the Pod's namespace, else default"
+    )
+    lease_duration: float = Field(
+        default=15.0,
+        gt=0,
+        description="how long a lease is valid without renewal (default {default})",
+    )
+    renew_deadline: float = Field(
+        default=10.0,
+        gt=0,
+        description="how long the leader keeps trying to renew before giving up "
+        "(default {default})",
+    )
+    retry_period: float = Field(
+        default=2.0, gt=0, description="time between election attempts (default {default})"
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> LeaderElection:
@@ -52,19 +75,45 @@ class LeaderElection(_Frozen):
 
 
 class Serving(_Frozen):
-    metrics_bind_address: str = "0"
-    metrics_secure: bool = True
-    metrics_cert_path: str | None = None
-    metrics_cert_name: str = "tls.crt"
-    metrics_cert_key: str = "tls.key"
-    health_probe_bind_address: str = ":8081"
-    enable_http2: bool = False
+    metrics_bind_address: str = Field(
+        default="0",
+        description="address of the metrics endpoint, e.g. :8443 (HTTPS) or :8080 (HTTP); "
+        "0 disables",
+    )
+    metrics_secure: bool = Field(
+        default=True,
+        description="serve metrics over HTTPS with TokenReview/SubjectAccessReview auth "
+        "(default {default})",
+    )
+    metrics_cert_path: str | None = Field(
+        default=None,
+        description="folder holding the metrics serving certificate; default: self-signed",
+    )
+    metrics_cert_name: str = Field(
+        default="tls.crt", description="certificate file name (default {default})"
+    )
+    metrics_cert_key: str = Field(
+        default="tls.key", description="key file name (default {default})"
+    )
+    health_probe_bind_address: str = Field(
+        default=":8081",
+        description="address of /healthz and /readyz (default {default}); 0 disables",
+    )
+    enable_http2: bool = Field(
+        default=False,
+        description="accepted for the Go controller's manifests; HTTP/2 is never served, so "
+        "true has no effect (logged as unused); default {default}",
+    )
 
     @field_validator("metrics_bind_address", "health_probe_bind_address")
     @classmethod
     def _listen_address(cls, value: str) -> str:
         parse_bind(value)
         return value
+
+
+TimeEncoding = Literal["rfc3339nano", "rfc3339", "iso8601", "millis", "nanos", "epoch"]
+TIME_ENCODINGS: tuple[str, ...] = get_args(TimeEncoding)
 
 
 class Logging(_Frozen):
@@ -77,26 +126,44 @@ class Logging(_Frozen):
     stacktrace_level: Literal["info", "warning", "error", "panic"] | None = None
     # zap's time encodings; None: ISO 8601 with microseconds (structlog keys) or
     # RFC 3339 (zap keys), controller-runtime's default.
-    time_encoding: (
-        Literal["rfc3339nano", "rfc3339", "iso8601", "millis", "nanos", "epoch"] | None
-    ) = None
+    time_encoding: TimeEncoding | None = None
 
 
 class Settings(_Frozen):
-    kubeconfig: str | None = None
-    namespaces: tuple[str, ...] = ()  # empty: all namespaces
-    max_concurrent_reconciles: int = Field(default=4, ge=1)
-    allow_cross_namespace_router_ref: bool = False
+    kubeconfig: str | None = Field(
+        default=None,
+        description="path to a kubeconfig; default: in-cluster config, then $KUBECONFIG, "
+        "~/.kube/config",
+    )
+    namespaces: tuple[str, ...] = Field(  # empty: all namespaces
+        default=(),
+        description="comma-separated namespaces to watch (env WATCH_NAMESPACES); default: all",
+    )
+    max_concurrent_reconciles: int = Field(
+        default=4, ge=1, description="reconcile workers (default {default})"
+    )
+    allow_cross_namespace_router_ref: bool = Field(
+        default=False, description="let spec.routerRef name a Service in another namespace"
+    )
     # Shared fairly: one namespace may hold half, one StaticRoute a quarter (fairshare.py),
     # so one namespace alone gets the 64 the pool had before it was shared.
-    probe_concurrency: int = Field(default=128, ge=1)
+    probe_concurrency: int = Field(
+        default=128,
+        ge=1,
+        description="router /health probes in flight at once, shared between namespaces: one "
+        "namespace may hold half of them, one StaticRoute a quarter (default {default})",
+    )
     # How long a healthy router may serve another config than the file before it is
     # ConfigNotApplied: routerstate.CONFIG_NOT_APPLIED_AFTER, derived from the kubelet's
     # and the router's documented intervals. Not a flag; shortened only in tests.
     config_not_applied_after: float = Field(default=150.0, gt=0)
     # With the Event drain and the Lease release it must fit the Deployment's
     # terminationGracePeriodSeconds (see manager.shutdown_budget).
-    shutdown_timeout: float = Field(default=15.0, gt=0)
+    shutdown_timeout: float = Field(
+        default=15.0,
+        gt=0,
+        description="how long in-flight reconciles may take after SIGTERM (default {default})",
+    )
     leader_election: LeaderElection = LeaderElection()
     serving: Serving = Serving()
     logging: Logging = Logging()

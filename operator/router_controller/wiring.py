@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import os
 import socket
 import uuid
@@ -54,10 +53,6 @@ def lease_namespace(settings: Settings) -> str:
     with contextlib.suppress(OSError):
         return _SA_NAMESPACE.read_text().strip()
     return "default"
-
-
-def _utcnow() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,9 +99,7 @@ def build(
     caches = staticroute.caches(
         kube=kube, namespaces=list(settings.namespaces) or None, tuning=tuning
     )
-    recorder = EventRecorder(
-        kube=kube, identity=identity, now=_utcnow, metrics=metrics, busy=_busy(queue)
-    )
+    recorder = EventRecorder(kube=kube, identity=identity, metrics=metrics, busy=_busy(queue))
     prober = Prober(
         services=caches.services,
         endpointslices=caches.endpointslices,
@@ -122,7 +115,6 @@ def build(
         routes=caches.routes,
         configmaps=caches.configmaps,
         recorder=recorder,
-        now=_utcnow,
         health=prober,
         metrics=metrics,
     )

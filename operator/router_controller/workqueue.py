@@ -10,7 +10,8 @@ ones client-go's ``util/workqueue`` keeps for controller-runtime:
   dirty and handed out again after the worker calls :meth:`WorkQueue.done`;
 - failed keys come back after a per-key exponential backoff (5 ms doubling to 1000 s),
   and a reconcile can ask to be re-run later; both are delayed adds, kept in one heap
-  served by one timer task that sleeps on an injected :class:`Clock`;
+  served by one timer task that sleeps on an injected
+  :class:`~router_controller.clock.SleepingClock` (the event loop's own clock by default);
 - shutdown stops new adds, wakes idle workers and waits, up to a deadline, for the
   work already accepted to finish.
 
@@ -28,6 +29,8 @@ from collections import deque
 from collections.abc import Hashable
 from typing import Generic, Protocol, TypeVar
 
+from router_controller.clock import SYSTEM_CLOCK, SleepingClock
+
 K = TypeVar("K", bound=Hashable)
 
 # client-go's ItemExponentialFailureRateLimiter defaults, as controller-runtime uses them.
@@ -37,24 +40,6 @@ DEFAULT_BACKOFF_CAP = 1000.0
 
 class ShutDown(Exception):
     """The queue is shut down and has no key left to hand out."""
-
-
-class Clock(Protocol):
-    """Monotonic time in seconds, and a way to wait for a point in it."""
-
-    def now(self) -> float: ...
-
-    async def sleep_until(self, deadline: float) -> None: ...
-
-
-class LoopClock:
-    """The running event loop's monotonic clock."""
-
-    def now(self) -> float:
-        return asyncio.get_running_loop().time()
-
-    async def sleep_until(self, deadline: float) -> None:
-        await asyncio.sleep(max(0.0, deadline - self.now()))
 
 
 class QueueMetrics(Protocol):
@@ -137,12 +122,12 @@ class WorkQueue(Generic[K]):
         self,
         *,
         name: str = "workqueue",
-        clock: Clock | None = None,
+        clock: SleepingClock = SYSTEM_CLOCK,
         metrics: QueueMetrics | None = None,
         backoff: ExponentialBackoff[K] | None = None,
     ) -> None:
         self.name = name
-        self._clock: Clock = clock if clock is not None else LoopClock()
+        self._clock = clock
         self._metrics: QueueMetrics = metrics if metrics is not None else NoQueueMetrics()
         self._backoff: ExponentialBackoff[K] = (
             backoff if backoff is not None else ExponentialBackoff()
@@ -197,7 +182,7 @@ class WorkQueue(Generic[K]):
                     self._ready_low.remove(key)
                     self._ready.append(key)
             return
-        self._dirty[key] = self._clock.now()
+        self._dirty[key] = self._clock.monotonic()
         self._metrics.add()
         self._metrics.depth(len(self._dirty))
         if low:
@@ -231,7 +216,7 @@ class WorkQueue(Generic[K]):
             key = self._ready_low.popleft()
             self._low.discard(key)
         added = self._dirty.pop(key)
-        now = self._clock.now()
+        now = self._clock.monotonic()
         self._in_flight[key] = now
         self._metrics.depth(len(self._dirty))
         self._metrics.queue_latency(now - added)
@@ -242,7 +227,7 @@ class WorkQueue(Generic[K]):
         started = self._in_flight.pop(key, None)
         if started is None:
             raise ValueError(f"done() for a key that is not in flight: {key!r}")
-        self._metrics.work_duration(self._clock.now() - started)
+        self._metrics.work_duration(self._clock.monotonic() - started)
         if key in self._dirty:
             (self._ready_low if key in self._low else self._ready).append(key)
             self._wake_getter()
@@ -256,7 +241,7 @@ class WorkQueue(Generic[K]):
         if delay <= 0:
             self.add(key)
             return
-        due = self._clock.now() + delay
+        due = self._clock.monotonic() + delay
         pending = self._due.get(key)
         if pending is not None and pending <= due:
             return
@@ -283,14 +268,14 @@ class WorkQueue(Generic[K]):
 
     def unfinished_work_seconds(self) -> float:
         """Seconds of work in flight and not yet done, summed over the keys held."""
-        now = self._clock.now()
+        now = self._clock.monotonic()
         return sum(now - started for started in self._in_flight.values())
 
     def longest_running_processor_seconds(self) -> float:
         """How long the key held longest has been in flight; 0 if none is."""
         if not self._in_flight:
             return 0.0
-        return self._clock.now() - min(self._in_flight.values())
+        return self._clock.monotonic() - min(self._in_flight.values())
 
     async def shutdown(self, drain_timeout: float) -> bool:
         """Stop accepting adds and wait for the accepted work to be done.
@@ -317,7 +302,7 @@ class WorkQueue(Generic[K]):
             return True
         drained = asyncio.create_task(self._drained.wait(), name=f"{self.name}-drained")
         deadline = asyncio.create_task(
-            self._clock.sleep_until(self._clock.now() + drain_timeout),
+            self._clock.sleep_until(self._clock.monotonic() + drain_timeout),
             name=f"{self.name}-drain-deadline",
         )
         try:
@@ -348,7 +333,7 @@ class WorkQueue(Generic[K]):
         """Move delayed keys to the queue as they fall due; end when none is left."""
         while self._delayed:
             due, _, key = self._delayed[0]
-            if due > self._clock.now():
+            if due > self._clock.monotonic():
                 self._timer_sleeping_until = due
                 await self._clock.sleep_until(due)
                 continue

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from router_controller.api import STATICROUTES, StaticRouteSpec
+from router_controller.api import STATICROUTES, StaticRouteSpec, default_config_map_name
 from router_controller.envtest import ControlPlane
 from router_controller.health import SERVICE_INDEX, Prober, slice_service
 from router_controller.informer import Informer
@@ -133,7 +133,7 @@ async def synced_route(
 ) -> Object:
     """Create a StaticRoute, mount its ConfigMap into ``routers``, wait for Ready."""
     await create_route(kube, staticroute(name, namespace, **spec))
-    cm = await wait_cm(kube, namespace, f"{name}-config")
+    cm = await wait_cm(kube, namespace, default_config_map_name(name))
     for router in routers:
         assert router.load_configmap(cm), "the router rejected the operator's file"
     return await wait_condition(kube, namespace, name, "Ready", "True", timeout=60)

@@ -38,10 +38,10 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from router_controller import envtest
-from router_controller.api import STATICROUTES
+from router_controller.api import STATICROUTES, default_config_map_name
+from router_controller.clock import format_micro_time
 from router_controller.envtest import ControlPlane, free_port
 from router_controller.kube import LEASES, Conflict, Kube, NotFound, Object
-from router_controller.leader import micro_time
 from router_controller.metrics import Metrics
 from tests.conftest import install_crds
 from tests.e2e import leases
@@ -156,7 +156,7 @@ async def configmaps_match(kube: Kube, namespace: str, names: list[str]) -> bool
     """Every StaticRoute's ConfigMap holds the models of its current spec."""
     for name in names:
         route = await get_route(kube, namespace, name)
-        cm = await try_get_cm(kube, namespace, f"{name}-config")
+        cm = await try_get_cm(kube, namespace, default_config_map_name(name))
         if cm is None or config_of(cm)["static_models"] != route["spec"]["staticModels"]:
             return False
     return True
@@ -223,7 +223,7 @@ async def test_only_the_leader_writes_and_a_killed_leader_is_replaced(
     events = await wait_for(created_events, what="an event per ConfigMap")
     assert {e["reportingInstance"] for e in events} == {leader_id}
     for name in names:
-        cm = await try_get_cm(kube, namespace, f"{name}-config")
+        cm = await try_get_cm(kube, namespace, default_config_map_name(name))
         assert cm is not None
         assert {f["manager"] for f in cm["metadata"]["managedFields"]} == {COMPONENT}
         route = await get_route(kube, namespace, name)
@@ -334,7 +334,7 @@ async def test_a_lost_lease_stops_the_operator_with_exit_1(
 
     async def steal() -> bool:
         current = await kube.get(LEASES.path(namespace, lease))
-        now = micro_time(datetime.datetime.now(datetime.UTC))
+        now = format_micro_time(datetime.datetime.now(datetime.UTC))
         current["spec"].update(
             holderIdentity="intruder", renewTime=now, acquireTime=now, leaseDurationSeconds=3600
         )
@@ -617,7 +617,7 @@ async def test_sigterm_during_a_burst_loses_no_update(
         )
 
     async def first_updated() -> bool:
-        cm = await try_get_cm(kube, namespace, f"{names[0]}-config")
+        cm = await try_get_cm(kube, namespace, default_config_map_name(names[0]))
         return cm is not None and config_of(cm)["static_models"] == models(0, 1)
 
     await patch_all(1)

@@ -22,6 +22,7 @@ import pytest
 from router_controller.api import MAX_TIMEOUT_SECONDS, STATICROUTES
 from router_controller.kube import ENDPOINTSLICES, SERVICES, Kube
 from router_controller.manager import Manager
+from router_controller.metrics import ProbeOutcome
 from router_controller.routerstate import MAX_NAMED
 from tests.e2e.fakerouter import FakeRouter, endpointslice, expose, host_address
 from tests.e2e.hostile import HostileRouter, HungRouter, expose_at
@@ -35,7 +36,7 @@ from tests.e2e.support import (
     wait_for,
 )
 
-RESULTS = ("healthy", "unhealthy", "stale")
+RESULTS = tuple(ProbeOutcome)
 
 
 def probes(operator: Manager, namespace: str, name: str) -> float:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from router_controller import envtest
-from router_controller.api import STATICROUTES
+from router_controller.api import STATICROUTES, default_config_map_name
 from router_controller.kube import Kube
 from router_controller.manager import Manager
 from router_controller.metrics import Metrics
@@ -97,7 +97,7 @@ async def test_invalid_spec_keeps_last_good_configmap(
 ) -> None:
     await create_route(loose_kube, staticroute(name, "loose"))
     await wait_condition(loose_kube, "loose", name, "Ready", "True")
-    good = await get_cm(loose_kube, "loose", f"{name}-config")
+    good = await get_cm(loose_kube, "loose", default_config_map_name(name))
     await loose_kube.merge_patch(STATICROUTES.path("loose", name), {"spec": spec})
     route = await wait_condition(loose_kube, "loose", name, "Ready", "False", reason="InvalidSpec")
     cm_ready = condition(route, "ConfigMapReady")
@@ -105,7 +105,7 @@ async def test_invalid_spec_keeps_last_good_configmap(
     assert cm_ready["reason"] == "InvalidSpec"
     assert fragment in cm_ready["message"]
     assert route["status"]["observedGeneration"] == route["metadata"]["generation"]
-    after = await get_cm(loose_kube, "loose", f"{name}-config")
+    after = await get_cm(loose_kube, "loose", default_config_map_name(name))
     assert after["metadata"]["resourceVersion"] == good["metadata"]["resourceVersion"]
     assert after["data"] == good["data"]
     event = await wait_event(loose_kube, "loose", name, "InvalidSpec")

@@ -506,3 +506,28 @@ def test_help_names_the_offline_commands() -> None:
     text = " ".join(parser().format_help().split())
     assert "router-controller check -f FILE|DIR|-" in text
     assert "router-controller render -f FILE" in text
+
+
+def test_flags_default_to_the_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each default is written once, in settings.py: no flag may carry another.
+    monkeypatch.delenv("WATCH_NAMESPACES", raising=False)
+    assert settings_from([]) == Settings()
+
+
+def test_help_shows_the_defaults_the_operator_runs_with() -> None:
+    text = " ".join(parser().format_help().split())
+    assert "{default}" not in text
+    for shown in (
+        "reconcile workers (default 4)",
+        "auth (default true)",
+        "(default :8081); 0 disables",
+        "Lease name (default 27bc728d.vllm.ai, the Go controller's)",
+        "without renewal (default 15s)",
+        "before giving up (default 10s)",
+        "election attempts (default 2s)",
+        "a quarter (default 128)",
+        "after SIGTERM (default 15s)",
+        "(logged as unused); default false",
+        "Default info (debug with --zap-devel)",
+    ):
+        assert shown in text, shown

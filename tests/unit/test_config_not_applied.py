@@ -26,11 +26,12 @@ from router_controller.routerstate import (
     ProbeResult,
     build_report,
     duration,
-    parse_time,
+    posix_time,
 )
 from router_controller.settings import Settings
 from tests.e2e.fakerouter import FakeRouter, endpointslice, service
 from tests.e2e.support import wait_for
+from tests.unit.fakeclock import FakeClock
 from tests.unit.test_health import KEY, LOCAL, NS, ROUTE, Cache, conditions_of, route_spec
 
 ADDRESS = "http://10.0.0.1:8000"
@@ -48,9 +49,9 @@ def test_the_window_is_derived_from_the_documented_intervals() -> None:
     assert Settings().config_not_applied_after == WINDOW
     assert duration(WINDOW) == "2m30s"
     assert duration(3) == "3s"
-    assert parse_time("2026-01-01T00:00:10Z") == 1767225610.0
-    assert parse_time("not a time") is None
-    assert parse_time(None) is None
+    assert posix_time("2026-01-01T00:00:10Z") == 1767225610.0
+    assert posix_time("not a time") is None
+    assert posix_time(None) is None
 
 
 def test_serving_another_config_is_pending_then_not_applied() -> None:
@@ -137,7 +138,7 @@ def test_a_restart_resumes_a_pending_window_from_the_entrys_probe_time() -> None
         "message": "healthy, but serves another config (static_models differ)",
         "lastProbeTime": "2026-01-01T00:00:00Z",
     }
-    first_seen = parse_time("2026-01-01T00:00:00Z")
+    first_seen = posix_time("2026-01-01T00:00:00Z")
     assert first_seen is not None
     state = EndpointState.resume(ADDRESS, entry)
     state.observe(OLD, CHECK, now=first_seen + WINDOW - 10)
@@ -195,16 +196,8 @@ def test_not_applied_is_a_warning_event_and_its_clearing_a_normal_one() -> None:
 # -- the Prober, with a clock the test moves --------------------------------------------
 
 
-class Clock:
-    def __init__(self, stamp: str) -> None:
-        self.stamp = stamp
-
-    def __call__(self) -> str:
-        return self.stamp
-
-
 @contextlib.asynccontextmanager
-async def prober(clock: Clock, port: int, enqueued: list[Any]) -> AsyncIterator[Prober]:
+async def prober(clock: FakeClock, port: int, enqueued: list[Any]) -> AsyncIterator[Prober]:
     probes = Prober(
         services=Cache(service(NS, "router", port)),
         endpointslices=Cache(endpointslice(NS, "router", 0, LOCAL, port)),
@@ -212,7 +205,7 @@ async def prober(clock: Clock, port: int, enqueued: list[Any]) -> AsyncIterator[
         enqueue=enqueued.append,
         concurrency=4,
         allow_cross_namespace=False,
-        now=clock,
+        clock=clock,
         config_not_applied_after=60,
     )
     task = asyncio.create_task(probes.start())
@@ -232,7 +225,7 @@ async def test_the_prober_flips_to_not_applied_at_the_first_probe_after_the_wind
         assert router.load(render(route_spec()).content)  # it runs an older file
         router.frozen = True
         assert not router.load(expected), "a frozen router keeps its old config"
-        clock = Clock("2026-01-01T00:00:00Z")
+        clock = FakeClock()  # wall time 2026-01-01T00:00:00Z
         route = {**ROUTE, "status": {"lastAppliedTime": "2026-01-01T00:00:00Z"}}
         enqueued: list[Any] = []
         async with prober(clock, router.port, enqueued) as probes:
@@ -241,12 +234,12 @@ async def test_the_prober_flips_to_not_applied_at_the_first_probe_after_the_wind
             pending = probes.sync(route, spec, expected)
             assert conditions_of(pending)["RouterConfigSynced"] == ("False", "ConfigSyncPending")
 
-            clock.stamp = "2026-01-01T00:00:59Z"
+            clock.advance(59)  # 2026-01-01T00:00:59Z
             seen = router.requests
             await wait_for(lambda: router.requests >= seen + 2, what="probes within the window")
             assert enqueued == [KEY], "nothing changed within the window"
 
-            clock.stamp = "2026-01-01T00:01:00Z"
+            clock.advance(1)  # 2026-01-01T00:01:00Z
             await wait_for(lambda: len(enqueued) == 2, what="the probe after the window")
             lapsed = probes.sync(route, spec, expected)
             assert conditions_of(lapsed)["RouterConfigSynced"] == ("False", "ConfigNotApplied")

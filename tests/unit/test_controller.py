@@ -12,7 +12,7 @@ from router_controller.controller import Controller
 from router_controller.metrics import Metrics
 from router_controller.reconcile import Key, Result, TerminalError
 from router_controller.workqueue import WorkQueue
-from tests.unit.test_workqueue import FakeClock
+from tests.unit.fakeclock import FakeClock
 
 
 class Script:

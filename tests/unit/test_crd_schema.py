@@ -25,6 +25,8 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from router_controller import api, routerconfig
+from router_controller.api import default_config_map_name
+from router_controller.routerconfig import CONFIG_MAP_NAME_MAX
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_PATH = REPO / "config" / "crd" / "bases" / "production-stack.vllm.ai_staticroutes.yaml"
@@ -307,6 +309,14 @@ def test_every_free_string_is_bounded(schema: Schema) -> None:
         and "maxLength" not in prop
     ]
     assert unbounded == []
+
+
+def test_the_root_rule_leaves_room_for_the_default_config_map_name(schema: Schema) -> None:
+    (rule,) = schema["x-kubernetes-validations"]
+    longest = CONFIG_MAP_NAME_MAX - len(default_config_map_name(""))
+    assert f"size(self.metadata.name) <= {longest}" in rule["rule"]
+    assert f"name of at most {longest} characters" in rule["message"]
+    assert len(default_config_map_name("n" * longest)) == CONFIG_MAP_NAME_MAX
 
 
 def test_config_map_name_is_a_dns_subdomain(spec_schema: Schema) -> None:

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from router_controller.kubeconfig import ExecToken, FileToken, TlsFiles, load_client_config
+from tests.unit.fakeclock import FakeClock
 
 PLUGIN = """
 import json, os, sys
@@ -31,24 +32,16 @@ print(json.dumps({
 """
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def test_token_file_is_read_every_period_and_on_refresh(tmp_path: Path) -> None:
     path = tmp_path / "token"
     path.write_text("one\n")
-    clock = Clock()
+    clock = FakeClock(0.0)
     token = FileToken(str(path), period=60.0, clock=clock)
     assert await token.header() == "Bearer one"
     path.write_text("two")
-    clock.now = 59.0
+    clock.set(59.0)
     assert await token.header() == "Bearer one"
-    clock.now = 60.0
+    clock.set(60.0)
     assert await token.header() == "Bearer two"
     path.write_text("three")
     await token.refresh()  # after a 401: at once
@@ -89,7 +82,7 @@ async def test_exec_plugin_runs_again_before_expiry_and_after_refresh(tmp_path: 
     plugin = tmp_path / "plugin.py"
     plugin.write_text(PLUGIN)
     start = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
-    now = [start]
+    clock = FakeClock(0.0, wall=start)
     expiry = (start + datetime.timedelta(seconds=100)).strftime("%Y-%m-%dT%H:%M:%SZ")
     config = await load_client_config(
         str(
@@ -113,12 +106,12 @@ async def test_exec_plugin_runs_again_before_expiry_and_after_refresh(tmp_path: 
         {"apiVersion": "client.authentication.k8s.io/v1", "command": sys.executable,
          "args": [str(plugin), str(runs), expiry]},
         tls=None, token="token-1", expiry=start + datetime.timedelta(seconds=100),
-        now=lambda: now[0],
+        clock=clock,
     )  # fmt: skip
     assert await token.header() == "Bearer token-1"
-    now[0] = start + datetime.timedelta(seconds=79)
+    clock.set(79.0)
     assert await token.header() == "Bearer token-1"
-    now[0] = start + datetime.timedelta(seconds=80)  # 80 % of its life: run again
+    clock.set(80.0)  # 80 % of its life: run again
     assert await token.header() == "Bearer token-2"
     assert token.runs == 1
     await token.refresh()  # a 401: run again at once
@@ -154,16 +147,16 @@ def test_tls_files_reload_when_they_change_and_keep_the_old_pair_if_half_written
 ) -> None:
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
     self_signed(cert, key, "one")
-    clock = Clock()
+    clock = FakeClock(0.0)
     tls = TlsFiles(
         ca_file=None, cert_file=str(cert), key_file=str(key), verify=True,
         server_name="api.example", check_period=10.0, clock=clock,
     )  # fmt: skip
     first = tls.context()
     self_signed(cert, key, "two")
-    clock.now = 9.0
+    clock.set(9.0)
     assert tls.context() is first  # not looked at yet
-    clock.now = 10.0
+    clock.set(10.0)
     second = tls.context()
     assert second is not first
     assert tls.reloads == 1
@@ -171,10 +164,10 @@ def test_tls_files_reload_when_they_change_and_keep_the_old_pair_if_half_written
     other_key = tmp_path / "other.key"
     self_signed(tmp_path / "other.crt", other_key, "three")
     cert.write_bytes((tmp_path / "other.crt").read_bytes())
-    clock.now = 20.0
+    clock.set(20.0)
     assert tls.context() is second
     key.write_bytes(other_key.read_bytes())  # the key lands: now it loads
-    clock.now = 30.0
+    clock.set(30.0)
     assert tls.context() is not second
     assert tls.reloads == 2
     assert tls.server_name == "api.example"

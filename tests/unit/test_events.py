@@ -13,6 +13,7 @@ from router_controller.events import EventRecorder
 from router_controller.kube import NotFound, Object
 from router_controller.metrics import Metrics
 from tests.e2e.support import wait_for
+from tests.unit.fakeclock import FakeClock
 
 NOW = datetime.datetime(2026, 12, 1, 12, 0, 0, tzinfo=datetime.UTC)
 
@@ -37,14 +38,6 @@ class FakeEvents:
         return body
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def route(name: str = "r1", uid: str = "uid-1") -> Object:
     return {
         "apiVersion": "production-stack.vllm.ai/v1alpha1",
@@ -63,13 +56,12 @@ def dropped(metrics: Metrics, reason: str) -> float:
 class Harness:
     def __init__(self, **kwargs: int) -> None:
         self.api = FakeEvents()
-        self.clock = Clock()
+        self.clock = FakeClock(1000.0, wall=NOW)
         self.metrics = Metrics(process=False)
         self.busy = False
         self.recorder = EventRecorder(
             kube=self.api,
             identity="me",
-            now=lambda: NOW,
             metrics=self.metrics,
             busy=lambda: self.busy,
             clock=self.clock,
@@ -133,18 +125,18 @@ async def test_a_busy_queue_holds_events_back_until_it_is_idle(harness: Harness)
     harness.busy = True
     for n in range(50):
         await harness.recorder.record(route(f"r{n}", f"u{n}"), "Normal", "ConfigMapCreated", "c")
-    harness.clock.t += events.BUSY_MAX_WAIT - 1
+    harness.clock.advance(events.BUSY_MAX_WAIT - 1)
     # An observation window, not a synchronisation: the senders look at the buffer
     # every IDLE_RECHECK seconds, and none of them may send in two of those looks.
     await asyncio.sleep(2 * events.IDLE_RECHECK)
     assert harness.api.created == []  # none has waited long enough yet
-    harness.clock.t += 1
+    harness.clock.advance(1)
     # The clock stands still now, so the busy bucket gives its burst and no more.
     await wait_for(
         lambda: len(harness.api.created) == int(events.BUSY_BURST), what="the busy burst"
     )
     assert harness.recorder.pending == 50 - int(events.BUSY_BURST)
-    harness.clock.t += 1.0  # one second of busy time: BUSY_RATE more
+    harness.clock.advance(1.0)  # one second of busy time: BUSY_RATE more
     await wait_for(
         lambda: len(harness.api.created) == int(events.BUSY_BURST + events.BUSY_RATE),
         what="the busy rate",
@@ -161,7 +153,7 @@ async def test_the_spam_filter_limits_events_per_object(harness: Harness) -> Non
         await harness.recorder.record(route(), "Warning", "Flapping", f"message {n}")
     await wait_for(lambda: len(harness.api.created) == 25, what="25 events")
     assert dropped(harness.metrics, "spam") == 5
-    harness.clock.t += 300  # one more token after five minutes
+    harness.clock.advance(300)  # one more token after five minutes
     await harness.recorder.record(route(), "Warning", "Flapping", "later")
     await wait_for(lambda: len(harness.api.created) == 26, what="the refilled one")
 

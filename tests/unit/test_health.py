@@ -37,6 +37,7 @@ from router_controller.routerstate import (
 )
 from tests.e2e.fakerouter import FakeRouter, endpointslice, service
 from tests.e2e.support import wait_for
+from tests.unit.fakeclock import FakeClock
 
 NS = "default"
 LOCAL = "127.0.0.1"  # no API server here to refuse a loopback EndpointSlice address
@@ -339,7 +340,7 @@ class Harness:
             enqueue=self.enqueued.append,
             concurrency=8,
             allow_cross_namespace=False,
-            now=lambda: "2026-01-01T00:00:00Z",
+            clock=FakeClock(),  # wall time 2026-01-01T00:00:00Z,
         )
 
     def probes(self, result: str) -> float:

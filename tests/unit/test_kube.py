@@ -26,6 +26,7 @@ from router_controller.kube import (
     parse_retry_after,
 )
 from router_controller.ratelimit import TokenBucket
+from tests.unit.fakeclock import FakeClock
 
 PATH = "/api/v1/namespaces/ns/configmaps"
 
@@ -170,29 +171,21 @@ def test_retry_after_in_seconds_or_as_a_date() -> None:
     assert 100 < seconds <= 120
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_retry_budget_allows_a_burst_then_its_rate() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     budget = TokenBucket(rate=5.0, burst=10, clock=clock)
     assert [budget.take() for _ in range(11)] == [True] * 10 + [False]
-    clock.now = 0.1  # half a token
+    clock.set(0.1)  # half a token
     assert not budget.take()
-    clock.now = 0.2
+    clock.set(0.2)
     assert budget.take()
     assert not budget.take()
-    clock.now = 100.0  # refills only up to the burst
+    clock.set(100.0)  # refills only up to the burst
     assert sum(budget.take() for _ in range(20)) == 10
 
 
 async def test_concurrency_halves_on_429_holds_then_grows() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     gate = Concurrency(8, clock=clock)
     for _ in range(5):
         await gate.acquire()
@@ -203,11 +196,11 @@ async def test_concurrency_halves_on_429_holds_then_grows() -> None:
     await gate.release(throttled=2.0)
     await gate.release(throttled=2.0)
     assert gate.limit == 1.0  # never below one
-    clock.now = 1.5  # still inside the Retry-After: no growth
+    clock.set(1.5)  # still inside the Retry-After: no growth
     await gate.release(throttled=None)
     assert gate.limit == 1.0
     assert gate.in_flight == 0
-    clock.now = 3.0
+    clock.set(3.0)
     await gate.acquire()
     await gate.release(throttled=None)
     assert gate.limit == 2.0
@@ -215,14 +208,14 @@ async def test_concurrency_halves_on_429_holds_then_grows() -> None:
     await gate.release(throttled=None)  # at most one step a second
     assert gate.limit == 2.0
     for step in range(4, 30):
-        clock.now = float(step)
+        clock.set(float(step))
         await gate.acquire()
         await gate.release(throttled=None)
     assert gate.limit == 8  # never above the maximum
 
 
 async def test_concurrency_makes_the_extra_request_wait() -> None:
-    gate = Concurrency(2, clock=FakeClock())
+    gate = Concurrency(2, clock=FakeClock(0.0))
     await gate.acquire()
     await gate.release(throttled=1.0)  # limit 1
     await gate.acquire()
@@ -235,17 +228,17 @@ async def test_concurrency_makes_the_extra_request_wait() -> None:
 
 
 def test_auth_health_fails_ready_at_once_and_alive_after_a_while() -> None:
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     health = AuthHealth(restart_after=60.0, clock=clock)
     assert health.ready()
     assert health.alive()
     health.rejected()
     assert not health.ready()
     assert health.alive()
-    clock.now = 59.0
+    clock.set(59.0)
     health.rejected()  # still counted from the first refusal
     assert health.alive()
-    clock.now = 60.0
+    clock.set(60.0)
     assert not health.alive()
     health.accepted()
     assert health.ready()

@@ -1,8 +1,8 @@
 """Leader election rules, on fake time against an in-memory Lease API.
 
-The elector reads deadlines from an injected monotonic clock and waits with an
-injected sleep; here both are one fake clock that moves only when the elector sleeps,
-so "after how much time" is exact and nothing waits on the wall clock. The fake API
+The elector reads deadlines from an injected clock and waits on it; here that is a
+fake clock that moves only when the elector sleeps (it jumps to the end of each
+sleep), so "after how much time" is exact and nothing waits on the wall clock. The fake API
 keeps one Lease with a resourceVersion and refuses stale updates with 409, as the
 API server does. The real API is exercised in tests/e2e/test_operations.py.
 """
@@ -19,10 +19,12 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from router_controller.clock import format_micro_time
 from router_controller.kube import ApiError, Conflict, NotFound, Object
-from router_controller.leader import LeaderElector, micro_time
+from router_controller.leader import LeaderElector
 from router_controller.metrics import Metrics
 from router_controller.settings import LeaderElection
+from tests.unit.fakeclock import FakeClock
 
 SETTINGS = LeaderElection(
     enabled=True, lease_name="lease", lease_duration=15, renew_deadline=10, retry_period=2
@@ -31,18 +33,15 @@ PATH = "/apis/coordination.k8s.io/v1/namespaces/ns/leases/lease"
 MICRO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 
 
-class FakeTime:
-    """One clock for deadlines and sleeps: sleeping moves it."""
+class FakeTime(FakeClock):
+    """One clock for deadlines and sleeps: sleeping moves it to the sleep's end."""
 
     def __init__(self) -> None:
-        self.now = 0.0
+        super().__init__(start=0.0)
         self.on_sleep: Callable[[], None] = lambda: None
 
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
+    async def sleep_until(self, deadline: float) -> None:
+        self.set(max(deadline, self.monotonic()))
         self.on_sleep()
         await asyncio.sleep(0)
 
@@ -86,12 +85,12 @@ class FakeLeases:
         self.writes += 1
         self.lease = copy.deepcopy(body)
         self.lease["metadata"]["resourceVersion"] = str(self.version)
-        self.first_held.setdefault(self.lease["spec"]["holderIdentity"], self.clock.now)
+        self.first_held.setdefault(self.lease["spec"]["holderIdentity"], self.clock.monotonic())
         return copy.deepcopy(self.lease)
 
     def hold(self, holder: str, *, transitions: int = 3) -> None:
         """Someone else holds (or renews) the lease."""
-        stamp = micro_time(datetime.datetime.now(datetime.UTC))
+        stamp = format_micro_time(datetime.datetime.now(datetime.UTC))
         self._store(
             {
                 "metadata": {"name": "lease", "namespace": "ns"},
@@ -118,8 +117,7 @@ def elector(api: FakeLeases, clock: FakeTime, identity: str = "me") -> LeaderEle
         namespace="ns",
         identity=identity,
         metrics=Metrics(process=False),
-        monotonic=clock.monotonic,
-        sleep=clock.sleep,
+        clock=clock,
     )
 
 
@@ -128,14 +126,6 @@ async def elected_at(candidate: LeaderElector, api: FakeLeases) -> tuple[asyncio
     task = asyncio.create_task(candidate.run())
     await candidate.elected.wait()
     return task, api.first_held[candidate.identity]
-
-
-def test_micro_time_is_rfc3339_utc_with_microseconds() -> None:
-    plus_two = datetime.timezone(datetime.timedelta(hours=2))
-    moment = datetime.datetime(2024, 5, 6, 9, 8, 7, 5, tzinfo=plus_two)
-    assert micro_time(moment) == "2024-05-06T07:08:07.000005Z"
-    assert micro_time(datetime.datetime(2024, 5, 6, 7, 8, 7)) == "2024-05-06T07:08:07.000000Z"
-    assert MICRO_TIME.match(micro_time(datetime.datetime.now(datetime.UTC)))
 
 
 @pytest.mark.parametrize(
@@ -185,7 +175,7 @@ async def test_a_renewing_holder_keeps_the_lease() -> None:
 
     def renew() -> None:  # it renews as often as we look, for ten lease durations
         api.hold("other")
-        if clock.now >= 10 * SETTINGS.lease_duration:
+        if clock.monotonic() >= 10 * SETTINGS.lease_duration:
             watched.set()
 
     clock.on_sleep = renew
@@ -203,11 +193,11 @@ async def test_leader_that_cannot_renew_steps_down_before_the_lease_expires() ->
     candidate = elector(api, clock)
     task, _ = await elected_at(candidate, api)
     api.failing = True
-    failed_from = clock.now
+    failed_from = clock.monotonic()
     await candidate.lost.wait()
     await task  # run() returns once the lease is lost
-    assert clock.now - failed_from < SETTINGS.lease_duration
-    assert clock.now >= SETTINGS.renew_deadline
+    assert clock.monotonic() - failed_from < SETTINGS.lease_duration
+    assert clock.monotonic() >= SETTINGS.renew_deadline
 
 
 async def test_leader_whose_lease_was_taken_steps_down_without_taking_it_back() -> None:
@@ -236,7 +226,7 @@ async def test_release_frees_the_lease_for_a_successor() -> None:
     assert spec["holderIdentity"] == ""
     assert spec["leaseDurationSeconds"] == 1
     assert spec["leaseTransitions"] == 0
-    released_at = clock.now
+    released_at = clock.monotonic()
     successor = elector(api, clock, identity="next")
     task, at = await elected_at(successor, api)
     task.cancel()

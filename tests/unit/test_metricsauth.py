@@ -18,14 +18,7 @@ from router_controller.metricsauth import (
     REFUSED_TTL,
     MetricsAuth,
 )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.unit.fakeclock import FakeClock
 
 
 class Review:
@@ -52,7 +45,7 @@ def bearer(token: str) -> str:
 
 
 def auth(
-    review: Review, clock: Clock, metrics: Metrics | None = None, **limits: int
+    review: Review, clock: FakeClock, metrics: Metrics | None = None, **limits: int
 ) -> MetricsAuth:
     return MetricsAuth(
         review=review, metrics=metrics or Metrics(process=False), clock=clock, **limits
@@ -65,35 +58,35 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float:
 
 async def test_a_missing_or_non_bearer_header_is_401_without_a_review() -> None:
     review = Review()
-    checker = auth(review, Clock())
+    checker = auth(review, FakeClock(1000.0))
     for header in (None, "", "Basic dXNlcjpwdw==", "Bearer ", "Bearer"):
         assert await checker.status_for(header) == 401
     assert review.calls == []
 
 
 async def test_an_allowed_token_is_reviewed_once_a_minute() -> None:
-    review, clock, metrics = Review(), Clock(), Metrics(process=False)
+    review, clock, metrics = Review(), FakeClock(1000.0), Metrics(process=False)
     checker = auth(review, clock, metrics)
     assert await checker.status_for(bearer("reader")) == 200
-    clock.now += ALLOWED_TTL - 1
+    clock.advance(ALLOWED_TTL - 1)
     assert await checker.status_for(bearer("reader")) == 200
     assert review.calls == ["reader"]
-    clock.now += 2
+    clock.advance(2)
     assert await checker.status_for(bearer("reader")) == 200
     assert review.calls == ["reader", "reader"]
     assert sample(metrics, "router_controller_metrics_auth_reviews_total", result="allowed") == 2
 
 
 async def test_refusals_are_cached_for_30_seconds() -> None:
-    review, clock = Review(), Clock()
+    review, clock = Review(), FakeClock(1000.0)
     checker = auth(review, clock)
     assert await checker.status_for(bearer("stranger")) == 403
     assert await checker.status_for(bearer("made-up")) == 401
-    clock.now += REFUSED_TTL - 1
+    clock.advance(REFUSED_TTL - 1)
     assert await checker.status_for(bearer("stranger")) == 403
     assert await checker.status_for(bearer("made-up")) == 401
     assert review.calls == ["stranger", "made-up"]
-    clock.now += 2
+    clock.advance(2)
     assert await checker.status_for(bearer("stranger")) == 403
     assert review.calls == ["stranger", "made-up", "stranger"]
 
@@ -101,7 +94,7 @@ async def test_refusals_are_cached_for_30_seconds() -> None:
 async def test_concurrent_requests_with_one_token_share_one_review() -> None:
     review = Review()
     review.hold = asyncio.Event()
-    checker = auth(review, Clock())
+    checker = auth(review, FakeClock(1000.0))
     waiters = [asyncio.create_task(checker.status_for(bearer("reader"))) for _ in range(20)]
     await review.started.wait()  # every waiter has run by now: they were started first
     waiters[0].cancel()  # a caller that goes away does not cancel the others' review
@@ -113,7 +106,7 @@ async def test_concurrent_requests_with_one_token_share_one_review() -> None:
 
 
 async def test_unknown_tokens_beyond_the_burst_get_429_without_a_review() -> None:
-    review, clock, metrics = Review(), Clock(), Metrics(process=False)
+    review, clock, metrics = Review(), FakeClock(1000.0), Metrics(process=False)
     checker = auth(review, clock, metrics, rate=1, burst=3)
     answers = [await checker.status_for(bearer(f"random-{i}")) for i in range(5)]
     assert answers == [401, 401, 401, 429, 429]
@@ -122,17 +115,17 @@ async def test_unknown_tokens_beyond_the_burst_get_429_without_a_review() -> Non
     assert sample(metrics, "router_controller_metrics_auth_throttled_total") == 2
     # A cached refusal needs no permit: it is answered from the cache.
     assert await checker.status_for(bearer("random-0")) == 401
-    clock.now += 1.0  # one permit again
+    clock.advance(1.0)  # one permit again
     assert await checker.status_for(bearer("random-5")) == 401
     assert await checker.status_for(bearer("random-6")) == 429
     assert len(review.calls) == 4
 
 
 async def test_a_token_allowed_before_is_reviewed_again_without_a_permit() -> None:
-    review, clock = Review(), Clock()
+    review, clock = Review(), FakeClock(1000.0)
     checker = auth(review, clock, rate=1, burst=2)
     assert await checker.status_for(bearer("reader")) == 200
-    clock.now += ALLOWED_TTL + 1  # expired; the bucket is full again
+    clock.advance(ALLOWED_TTL + 1)  # expired; the bucket is full again
     assert [await checker.status_for(bearer(f"random-{i}")) for i in range(3)] == [401, 401, 429]
     assert await checker.status_for(bearer("reader")) == 200  # re-reviewed, not throttled
     assert review.calls.count("reader") == 2
@@ -141,7 +134,7 @@ async def test_a_token_allowed_before_is_reviewed_again_without_a_permit() -> No
 
 
 async def test_a_flood_of_refused_tokens_never_evicts_an_allowed_one() -> None:
-    review, clock = Review(), Clock()
+    review, clock = Review(), FakeClock(1000.0)
     checker = auth(review, clock, rate=1000, burst=1000, refused_entries=4)
     assert await checker.status_for(bearer("reader")) == 200
     for i in range(50):
@@ -152,7 +145,7 @@ async def test_a_flood_of_refused_tokens_never_evicts_an_allowed_one() -> None:
 
 
 async def test_a_full_cache_drops_its_least_recently_used_entry_only() -> None:
-    review, clock = Review(), Clock()
+    review, clock = Review(), FakeClock(1000.0)
     checker = auth(review, clock, rate=1000, burst=1000, refused_entries=3)
     for token in ("a", "b", "c"):
         await checker.status_for(bearer(token))
@@ -172,7 +165,7 @@ async def test_a_full_cache_drops_its_least_recently_used_entry_only() -> None:
     ids=["timeout", "api-error"],
 )
 async def test_errors_are_not_cached(error: BaseException) -> None:
-    review, clock, metrics = Review(), Clock(), Metrics(process=False)
+    review, clock, metrics = Review(), FakeClock(1000.0), Metrics(process=False)
     checker = auth(review, clock, metrics)
     review.error = error
     with pytest.raises(type(error)):
@@ -186,7 +179,7 @@ async def test_errors_are_not_cached(error: BaseException) -> None:
 async def test_close_cancels_reviews_still_running() -> None:
     review = Review()
     review.hold = asyncio.Event()
-    checker = auth(review, Clock())
+    checker = auth(review, FakeClock(1000.0))
     waiter = asyncio.create_task(checker.status_for(bearer("reader")))
     await review.started.wait()
     await checker.close()

@@ -16,10 +16,13 @@ import pytest
 from router_controller import routerconfig
 from router_controller.api import MODEL_TYPES, RoutingLogic, StaticRouteSpec
 from router_controller.routerconfig import (
+    NOT_EXPOSED,
     ROUTER_DEFAULTS,
     ROUTER_KEYS,
+    SPEC_FIELDS,
     UNSUPPORTED_ROUTING_LOGIC,
     InvalidSpecError,
+    Written,
     config_mismatches,
     render,
     serialize,
@@ -368,6 +371,63 @@ def test_the_table_covers_every_key_and_routing_logic() -> None:
     table = routerconfig.__doc__ or ""
     for entry in [*ROUTER_KEYS, *typing.get_args(RoutingLogic)]:
         assert f"``{entry}``" in table, entry
+
+
+# --- the spec field -> router key table ------------------------------------------------
+
+
+def test_every_spec_field_is_written_or_deliberately_not() -> None:
+    fields = [row.field for row in SPEC_FIELDS]
+    assert len(fields) == len(set(fields)), "one row per field"
+    assert set(fields) == set(StaticRouteSpec.model_fields), (
+        "give each StaticRouteSpec field a row in routerconfig.SPEC_FIELDS"
+    )
+    for row in SPEC_FIELDS:
+        assert (row.key is None) == (row.written is Written.NOT_WRITTEN), row
+        if row.written is not Written.COPIED:
+            assert row.note, f"{row.field}: say which function writes it, or why it is not"
+
+
+def test_every_row_writes_a_key_the_router_accepts() -> None:
+    keys = [row.key for row in SPEC_FIELDS if row.key is not None]
+    for key in keys:
+        assert key in ROUTER_KEYS, key
+    assert len(keys) == len(set(keys)), "one field per key"
+    # And every key the router accepts is set by a field or deliberately left out.
+    assert set(keys) | set(NOT_EXPOSED) == ROUTER_KEYS
+    assert not set(keys) & set(NOT_EXPOSED)
+
+
+def test_rendered_rows_name_a_function_of_the_module() -> None:
+    for row in SPEC_FIELDS:
+        if row.written is Written.RENDERED:
+            assert callable(getattr(routerconfig, row.note, None)), row
+
+
+def test_a_spec_with_every_field_set_writes_every_key_of_the_table() -> None:
+    full = static(
+        routing_logic="session",
+        session_key="x-user-id",
+        static_aliases="fast:facebook/opt-125m",
+        static_model_labels="l1,l2",
+        static_model_types="chat,chat",
+        static_backend_health_checks=True,
+        static_backend_health_check_interval=30,
+        static_backend_health_check_timeout_seconds=5,
+        prefill_model_labels="p",
+        decode_model_labels="d",
+        k8s_port=8000,
+        k8s_namespace="ns",
+        k8s_label_selector="app=model",
+        router_ref={"name": "router"},
+        router_selector={"matchLabels": {"app": "router"}},
+        router_port="http",
+        health_check={},
+        config_map_name="elsewhere",
+    )
+    assert all(getattr(full, name) is not None for name in StaticRouteSpec.model_fields)
+    written = {row.key for row in SPEC_FIELDS if row.key is not None}
+    assert set(render(full).content) == written
 
 
 # --- config_mismatches --------------------------------------------------------------

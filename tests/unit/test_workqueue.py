@@ -14,51 +14,19 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from router_controller.clock import SYSTEM_CLOCK
 from router_controller.reconcile import Key
 from router_controller.workqueue import (
     DEFAULT_BACKOFF_CAP,
     ExponentialBackoff,
-    LoopClock,
     ShutDown,
     WorkQueue,
 )
+from tests.unit.fakeclock import FakeClock
 
 A: Key = ("default", "a")
 B: Key = ("default", "b")
 C: Key = ("other", "c")
-
-
-class FakeClock:
-    """A clock that stands still until the test sets it; sleepers wake when it passes them."""
-
-    def __init__(self, start: float = 100.0) -> None:
-        self._now = start
-        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
-
-    def now(self) -> float:
-        return self._now
-
-    async def sleep_until(self, deadline: float) -> None:
-        if deadline <= self._now:
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._sleepers.append((deadline, waiter))
-        await waiter
-
-    def sleeping_until(self) -> list[float]:
-        """Deadlines of the sleeps still pending, earliest first."""
-        return sorted(d for d, waiter in self._sleepers if not waiter.done())
-
-    def set(self, now: float) -> None:
-        assert now >= self._now, "a monotonic clock does not go back"
-        self._now = now
-        for deadline, waiter in self._sleepers:
-            if deadline <= now and not waiter.done():
-                waiter.set_result(None)
-        self._sleepers = [(d, w) for d, w in self._sleepers if not w.done()]
-
-    def advance(self, seconds: float) -> None:
-        self.set(self._now + seconds)
 
 
 class RecordingMetrics:
@@ -242,7 +210,7 @@ async def test_many_workers_never_share_a_key_and_miss_no_re_add(clock: FakeCloc
 async def test_add_after_fires_at_the_due_time_and_not_before(
     queue: WorkQueue[Key], clock: FakeClock
 ) -> None:
-    due = clock.now() + 5
+    due = clock.monotonic() + 5
     queue.add_after(A, 5)
     await until(lambda: clock.sleeping_until() == [due])
     assert len(queue) == 0
@@ -257,7 +225,7 @@ async def test_add_after_fires_at_the_due_time_and_not_before(
 async def test_add_after_keeps_the_earliest_due_time(
     queue: WorkQueue[Key], clock: FakeClock, first: float, second: float
 ) -> None:
-    start = clock.now()
+    start = clock.monotonic()
     queue.add_after(A, first)
     await settle()
     queue.add_after(A, second)
@@ -276,7 +244,7 @@ async def test_add_after_keeps_the_earliest_due_time(
 async def test_an_earlier_key_wakes_a_timer_sleeping_for_a_later_one(
     queue: WorkQueue[Key], clock: FakeClock
 ) -> None:
-    start = clock.now()
+    start = clock.monotonic()
     queue.add_after(A, 10)
     await until(lambda: clock.sleeping_until() == [start + 10])
     queue.add_after(B, 3)
@@ -348,7 +316,7 @@ async def test_rate_limited_adds_back_off_exponentially_until_forgotten(
     expected = [min(0.005 * 2**n, DEFAULT_BACKOFF_CAP) for n in range(20)]
     for n, delay in enumerate(expected):
         assert queue.num_requeues(A) == n
-        start = clock.now()
+        start = clock.monotonic()
         queue.add_rate_limited(A)
         await until(lambda: len(clock.sleeping_until()) == 1)
         clock.set(just_before(start + delay))
@@ -360,7 +328,7 @@ async def test_rate_limited_adds_back_off_exponentially_until_forgotten(
     assert expected[-1] == DEFAULT_BACKOFF_CAP
     queue.forget(A)
     assert queue.num_requeues(A) == 0
-    start = clock.now()
+    start = clock.monotonic()
     queue.add_rate_limited(A)
     clock.set(start + 0.005)
     assert await get_soon(queue) == A
@@ -424,7 +392,7 @@ async def test_shutdown_gives_up_after_the_drain_timeout(
 ) -> None:
     queue.add(A)
     assert await get_soon(queue) == A
-    deadline = clock.now() + 30
+    deadline = clock.monotonic() + 30
     shutdown = asyncio.create_task(queue.shutdown(drain_timeout=30))
     await until(lambda: clock.sleeping_until() == [deadline])
     clock.set(just_before(deadline))
@@ -491,14 +459,13 @@ async def test_metrics_hooks_see_adds_depth_latency_work_and_retries(clock: Fake
 # --- the real clock ---------------------------------------------------------------------
 
 
-async def test_the_loop_clock_drives_delayed_adds() -> None:
-    loop_clock = LoopClock()
-    before = loop_clock.now()
+async def test_the_system_clock_drives_delayed_adds() -> None:
+    before = SYSTEM_CLOCK.monotonic()
     assert before == pytest.approx(asyncio.get_running_loop().time(), abs=1.0)
     q = WorkQueue[Key]()
     q.add_after(A, 0.01)
     assert await get_soon(q) == A
-    assert loop_clock.now() - before >= 0.01 - 1e-3
+    assert SYSTEM_CLOCK.monotonic() - before >= 0.01 - 1e-3
     q.done(A)
     assert await q.shutdown(drain_timeout=1) is True
 
