@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 
 from router_controller.api import StaticRouteSpec
-from router_controller.envtest import ControlPlane
 from router_controller.health import SERVICE_INDEX, Prober, slice_service
 from router_controller.informer import Informer
 from router_controller.kube import ENDPOINTSLICES, SERVICES, Kube, Object
@@ -28,7 +27,8 @@ from router_controller.manager import Manager
 from router_controller.metrics import Metrics
 from router_controller.reconciler import STATICROUTES
 from router_controller.routerconfig import render
-from tests.e2e.fakerouter import FakeRouter, expose
+from router_controller_dev.envtest import ControlPlane
+from router_controller_dev.fakerouter import FakeRouter, expose
 from tests.e2e.support import (
     condition,
     config_of,
