@@ -13,6 +13,8 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/router-controller
 WORKDIR /src
 COPY constraints.txt pyproject.toml README.md ./
+# operator/router_controller_dev (development tooling) is left out by .dockerignore,
+# and the wheel packages router_controller alone.
 COPY operator/ operator/
 # The CRD that `router-controller check` reads is package data: a symlink from
 # operator/router_controller/crd/ to this file, copied into the wheel.

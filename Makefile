@@ -58,7 +58,7 @@ controlplane-report: venv controlplane ## Print the control plane's versions and
 	  echo "cold build (empty Go build cache, modules already downloaded): $$(( $$(date +%s) - start )) s"; \
 	  rm -rf "$$tmp"; \
 	fi
-	$(PY) -m router_controller.envtest --print-only
+	$(PY) -m router_controller_dev.envtest --print-only
 
 .PHONY: helm
 helm: ## Build (once per machine, cached) the Helm command the chart tests use; HELM=/path/to/helm skips it.
@@ -66,12 +66,12 @@ helm: ## Build (once per machine, cached) the Helm command the chart tests use; 
 
 .PHONY: cluster
 cluster: venv controlplane ## Start a local control plane and print its kubeconfig; Ctrl-C stops it.
-	$(PY) -m router_controller.envtest
+	$(PY) -m router_controller_dev.envtest
 
 .PHONY: run
 run: venv ## Run the operator from source against the current kubeconfig; without a cluster, on a local control plane with the sample and a stand-in router.
 	$(NEED_KUBECTL)
-	$(PY) -m router_controller.devrun $(ARGS)
+	$(PY) -m router_controller_dev.devrun $(ARGS)
 
 .PHONY: lint
 lint: venv ## ruff check, ruff format --check, mypy (strict), and the import layers (docs/architecture.md).

@@ -29,14 +29,13 @@ from typing import Any
 
 from bench.convergence import converge
 from bench.harness import CONFIGMAP_READY, Harness, Sizes
-from bench.procstat import MIB
 from bench.workload import condition_is, create_namespace, route_name, staticroute
-from router_controller import envtest
 from router_controller.api import STATICROUTES
 from router_controller.kube import ENDPOINTSLICES, SERVICES, Kube, Object
 from router_controller.metrics import Metrics
+from router_controller_dev import envtest
+from router_controller_dev.procstat import MIB
 
-REPO = Path(__file__).resolve().parents[1]
 SERVICE_CIDR = "10.96.0.0/16"  # room for every Service of the big cluster
 SCENARIOS = ("big-cluster", "many-namespaces")
 
@@ -63,22 +62,6 @@ QUICK_SCALE = ScaleSizes(
     namespaces=20,
     converge_timeout=120.0,
 )
-
-
-def _install_crds(plane: envtest.ControlPlane) -> None:
-    plane.kubectl("apply", "--server-side", "-k", str(REPO / "config" / "crd"))
-    # "kubectl wait" fails outright while the new CRD has no conditions at all yet.
-    deadline = time.monotonic() + 60
-    while True:
-        done = plane.kubectl(
-            "wait", "--for=condition=Established", "crd/staticroutes.production-stack.vllm.ai",
-            check=False,
-        )  # fmt: skip
-        if done.returncode == 0:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the StaticRoute CRD is not Established: {done.stderr.strip()}")
-        time.sleep(0.2)
 
 
 # -- the big cluster's unrelated objects ---------------------------------------------------
@@ -361,8 +344,7 @@ def run(
     if only is None or "big-cluster" in only:
         _big_cluster(sizes, workdir, results, progress, s)
     if only is None or "many-namespaces" in only:
-        with envtest.running() as plane:
-            _install_crds(plane)
+        with envtest.running(crds=True) as plane:
 
             async def namespaces(h: Harness) -> None:
                 results["many_namespaces"] = await many_namespaces(h, s)
@@ -387,11 +369,9 @@ def _big_cluster(
     results["big_cluster"] = big
     progress("big cluster: an empty and a big cluster side by side, operator on all namespaces")
     with (
-        envtest.running(service_cidr=SERVICE_CIDR) as empty_plane,
-        envtest.running(service_cidr=SERVICE_CIDR) as big_plane,
+        envtest.running(service_cidr=SERVICE_CIDR, crds=True) as empty_plane,
+        envtest.running(service_cidr=SERVICE_CIDR, crds=True) as big_plane,
     ):
-        _install_crds(empty_plane)
-        _install_crds(big_plane)
         asyncio.run(_compare(empty_plane, big_plane, sizes, workdir, results, progress, s))
     for label in ("empty", "big"):
         runs = big[f"{label}_runs"]

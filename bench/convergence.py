@@ -18,11 +18,11 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from bench import prom
 from bench.harness import CONFIGMAP_READY, Harness, per_object
-from bench.operator_process import OperatorProcess, die_with_parent
-from bench.procstat import cpu_seconds
 from bench.workload import ConditionWatch, create_namespace, load, route_name
+from router_controller_dev import prom
+from router_controller_dev.processes import OperatorProcess, die_with_parent
+from router_controller_dev.procstat import cpu_seconds
 
 LOADER_WRITE = "POST staticroutes"
 

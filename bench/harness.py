@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import prom
-from bench.operator_process import OperatorProcess
 from bench.workload import ConditionWatch, create_namespace, load, route_name
-from router_controller.envtest import ControlPlane
 from router_controller.kube import Kube
+from router_controller_dev import prom
+from router_controller_dev.envtest import ControlPlane
+from router_controller_dev.processes import OperatorProcess, operator_command
 
 CONFIGMAP_READY = "ConfigMapReady"
 READY = "Ready"
@@ -106,10 +105,14 @@ class Harness:
         """An operator process watching ``namespaces``, ready; the caller closes it."""
         self._operators += 1
         process = OperatorProcess(
-            kubeconfig=self.plane.kubeconfig,
-            namespaces=namespaces,
-            workers=self.sizes.workers,
-            log_file=self.workdir / f"operator-{self._operators}.log",
+            operator_command(
+                self.plane.kubeconfig,
+                "--metrics-bind-address=127.0.0.1:0",
+                "--metrics-secure=false",
+                f"--namespaces={','.join(namespaces)}",
+                f"--max-concurrent-reconciles={self.sizes.workers}",
+            ),
+            self.workdir / f"operator-{self._operators}.log",
         )
         try:
             process.start()
@@ -153,12 +156,3 @@ class Harness:
         )
         await watch.wait_count(condition, count, timeout=60 + count * 0.2)
         return watch
-
-
-async def until(check: Callable[[], bool], *, timeout: float) -> None:
-    """Poll a condition of this process (no API call) until it holds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met after {timeout:.0f}s")
-        await asyncio.sleep(0.05)

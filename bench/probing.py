@@ -43,16 +43,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import prom
 from bench.harness import CONFIGMAP_READY, READY, UNHEALTHY, Harness
 from bench.harness import QUICK as HARNESS_QUICK
-from bench.operator_process import OperatorProcess
-from bench.routers import SERVICE_NAME_LABEL, HangingRouter, host_address, running_config
-from bench.workload import SPEC, ConditionWatch, create_namespace, route_name
-from router_controller import envtest
+from bench.workload import SPEC, ConditionWatch, create_namespace, route_name, running_config
 from router_controller.api import STATICROUTES
 from router_controller.kube import ENDPOINTSLICES, SERVICES, Kube, Object
 from router_controller.metrics import Metrics
+from router_controller_dev import envtest, prom
+from router_controller_dev.fakerouter import SERVICE_NAME_LABEL, host_address
+from router_controller_dev.hostile import HungRouter
+from router_controller_dev.processes import OperatorProcess
 
 SCENARIOS = ("probe-scheduling",)  # what ``make bench ARGS="--only NAME"`` selects
 LATENESS = "router_controller_probe_lateness_seconds"
@@ -316,9 +316,9 @@ async def _window(
 @contextlib.asynccontextmanager
 async def _routers(
     address: str, healthy_ports: int, hung_ports: int
-) -> AsyncIterator[tuple[ManyPortRouter, list[HangingRouter]]]:
+) -> AsyncIterator[tuple[ManyPortRouter, list[HungRouter]]]:
     healthy = ManyPortRouter(running_config(SPEC), address, healthy_ports)
-    hung = [HangingRouter(address) for _ in range(hung_ports)]
+    hung = [HungRouter(host=address) for _ in range(hung_ports)]
     try:
         await healthy.start()
         for router in hung:
@@ -447,7 +447,7 @@ def render(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """This scenario alone, on a control plane of its own."""
-    from bench.run import Progress, install_crds  # bench.run imports this module
+    from bench.run import Progress  # bench.run imports this module
 
     parser = argparse.ArgumentParser(prog="python -m bench.probing", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="1,000 endpoints, 20 s windows")
@@ -473,8 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             await kube.close()
 
-    with envtest.running() as plane:
-        install_crds(plane)
+    with envtest.running(crds=True) as plane:
         asyncio.run(run(plane))
     print(render(results))
     print(json.dumps(results["probe_scheduling"], indent=2), file=sys.stderr)

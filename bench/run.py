@@ -41,22 +41,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import cluster_scale, probing, procstat, report
+from bench import cluster_scale, probing, report
 from bench.harness import FULL, QUICK, Sizes
 from bench.scenarios import SCENARIOS, Bench
-from router_controller import envtest
 from router_controller.kube import Kube
 from router_controller.metrics import Metrics
-
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results"
-
-
-def install_crds(plane: envtest.ControlPlane) -> None:
-    plane.kubectl("apply", "--server-side", "-k", str(REPO / "config" / "crd"))
-    plane.kubectl(
-        "wait", "--for=condition=Established", "crd/staticroutes.production-stack.vllm.ai"
-    )
+from router_controller_dev import envtest, procstat, repo
 
 
 def created_objects(s: Sizes) -> int:
@@ -126,11 +116,12 @@ async def measure(
 
 
 def write(results: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results_dir = repo.root() / "bench" / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(results, indent=2) + "\n"
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    (RESULTS / f"{stamp}-{results['mode']}.json").write_text(text)
-    latest = RESULTS / "latest.json"
+    (results_dir / f"{stamp}-{results['mode']}.json").write_text(text)
+    latest = results_dir / "latest.json"
     latest.write_text(text)
     return latest
 
@@ -207,8 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         results["machine"]["control_plane"] = envtest.versions(binaries)
         main_only = args.only - set(cluster_scale.SCENARIOS) if args.only else None
         if main_only is None or main_only:
-            with envtest.running() as plane:
-                install_crds(plane)
+            with envtest.running(crds=True) as plane:
                 asyncio.run(measure(plane, sizes, workdir, results, main_only))
         scale_only = args.only & set(cluster_scale.SCENARIOS) if args.only else None
         if scale_only is None or scale_only:

@@ -11,20 +11,24 @@ import asyncio
 import statistics
 import time
 
-from bench import convergence, prom
-from bench.harness import CONFIGMAP_READY, READY, UNHEALTHY, Harness, percentile, until
-from bench.operator_process import OperatorProcess
-from bench.procstat import MIB
-from bench.routers import HangingRouter, HealthyRouter, expose, host_address, running_config
+from bench import convergence
+from bench.harness import CONFIGMAP_READY, READY, UNHEALTHY, Harness, percentile
 from bench.workload import (
     SPEC,
     ConditionWatch,
     ConfigMapWatch,
+    config_file,
     create_namespace,
     route_name,
     staticroute,
 )
 from router_controller.api import STATICROUTES, default_config_map_name
+from router_controller_dev import prom
+from router_controller_dev.fakerouter import FakeRouter, expose, host_address
+from router_controller_dev.hostile import HungRouter, expose_at
+from router_controller_dev.processes import OperatorProcess
+from router_controller_dev.procstat import MIB
+from router_controller_dev.waiting import wait_for
 
 
 class Bench(Harness):
@@ -133,11 +137,15 @@ class Bench(Harness):
     async def steady_state(self, count: int) -> list[float]:
         """Healthy synced routers: 60 s of writes and CPU; then new-route times (baseline)."""
         namespace = "steady"
-        router = HealthyRouter(running_config(SPEC), host_address())
-        port = await router.start()
+        router = FakeRouter(host=host_address(), backlog=1024)
+        await router.start()
+        if not router.load(config_file(SPEC)):
+            raise RuntimeError(
+                f"the stand-in router refuses the benchmark's file: {router.load_errors}"
+            )
         try:
             await create_namespace(self.kube, namespace)
-            await expose(self.kube, namespace, "router", router.address, port)
+            await expose(self.kube, namespace, "router", [router])
             async with self.operator(namespace) as process:
                 self.progress(f"steady state: {count} StaticRoutes with healthy routers")
                 started = time.monotonic()
@@ -205,12 +213,12 @@ class Bench(Harness):
         the operator writes RouterHealthy=False for one StaticRoute after another.
         """
         namespace = "hanging"
-        router = HangingRouter(host_address())
-        port = await router.start()
+        router = HungRouter(host=host_address())
+        await router.start()
         phases: dict[str, list[float]] = {}
         try:
             await create_namespace(self.kube, namespace)
-            await expose(self.kube, namespace, "router", router.address, port)
+            await expose_at(self.kube, namespace, "router", [(router.host, router.port)])
             # Probes keep failing, and flipping endpoints, for as long as it runs.
             async with self.operator(namespace, idle_on_exit=False) as process:
                 self.progress(f"probing under failure: {count} StaticRoutes whose routers hang")
@@ -218,7 +226,11 @@ class Bench(Harness):
                     namespace, count, with_router=True, condition=CONFIGMAP_READY
                 )
                 await process.wait_idle(stable=1.0)
-                await until(lambda: router.connections >= min(count, 64), timeout=30)
+                await wait_for(
+                    lambda: router.connections >= min(count, 64),
+                    timeout=30,
+                    what="every probe slot held by the hanging router",
+                )
                 self.progress("  new StaticRoutes while every probe slot hangs")
                 phases["probe_slots_hung"] = await self._new_routes(watch, namespace, "hung")
                 self.progress("  waiting for endpoints to cross the failure threshold")

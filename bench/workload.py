@@ -16,8 +16,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from router_controller.api import STATICROUTES
+from router_controller.api import STATICROUTES, StaticRouteSpec
 from router_controller.kube import CONFIGMAPS, Conflict, Kube, Object, Resource
+from router_controller.routerconfig import render
+from router_controller_dev.fakerouter import shown_config
 
 SPEC: dict[str, Any] = {
     "staticBackends": "http://a.example.com:8000,http://10.1.2.3:8000",
@@ -27,6 +29,16 @@ ROUTER_SERVICE = "router"
 NAMESPACES = Resource("", "v1", "namespaces")
 
 EventHandler = Callable[[str, Object, float], None]
+
+
+def config_file(spec: dict[str, Any]) -> dict[str, Any]:
+    """The ``dynamic_config.json`` the operator writes for ``spec``, parsed."""
+    return dict(render(StaticRouteSpec.model_validate(spec)).content)
+
+
+def running_config(spec: dict[str, Any]) -> dict[str, Any]:
+    """What a router given the ConfigMap rendered from ``spec`` reports in ``/health``."""
+    return shown_config(config_file(spec))
 
 
 def route_name(index: int) -> str:

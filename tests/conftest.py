@@ -6,28 +6,24 @@ run without building or starting anything.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from router_controller import envtest
-
-REPO = Path(__file__).resolve().parents[1]
+from router_controller_dev import envtest, repo
 
 
-def install_crds(plane: envtest.ControlPlane) -> None:
-    plane.kubectl("apply", "--server-side", "-k", str(REPO / "config" / "crd"))
-    plane.kubectl(
-        "wait", "--for=condition=Established", "crd/staticroutes.production-stack.vllm.ai"
-    )
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest found the repository (its rootdir holds pyproject.toml); tell the
+    # development package, and the programs the tests start, wherever they run.
+    os.environ.setdefault(repo.ENV, str(config.rootpath))
 
 
 @pytest.fixture(scope="session")
 def control_plane() -> Iterator[envtest.ControlPlane]:
-    with envtest.running() as plane:
-        install_crds(plane)
+    with envtest.running(crds=True) as plane:
         yield plane
 
 

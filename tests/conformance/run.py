@@ -26,7 +26,6 @@ import asyncio
 import json
 import os
 import re
-import socket
 import sys
 import tempfile
 import time
@@ -37,21 +36,20 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from router_controller_dev.envtest import free_port
+from router_controller_dev.fakerouter import (
+    LOAD_ERROR,
+    NO_NAMESPACE,
+    ROUTER_DEFAULTS,
+    ROUTER_FIELDS,
+)
 from tests.conformance import cases
-from tests.e2e.fakerouter import LOAD_ERROR, NO_NAMESPACE, ROUTER_DEFAULTS, ROUTER_FIELDS
 
 START_TIMEOUT = 40.0  # a cold import of the router takes a few seconds on a busy machine
 RELOAD_TIMEOUT = 35.0  # the router re-reads its file every 10 s
 CRASH_GRACE = 20.0  # how long a router that never serves HTTP is given to do so
 _COLOUR = re.compile(r"\x1b\[[0-9;]*m")  # the router's log colours
 _RAISED = re.compile(r"^[A-Za-z_.]*(Error|Exception)\b")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def shown(content: dict[str, Any]) -> dict[str, Any]:
@@ -88,7 +86,7 @@ class Backends:
             app.router.add_post(path, complete)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        port = _free_port()
+        port = free_port()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         self.urls.append(f"http://localhost:{port}")
         return runner
@@ -104,7 +102,7 @@ class Router:
     def __init__(self, run: Run, name: str) -> None:
         self.run = run
         self.name = name
-        self.port = _free_port()
+        self.port = free_port()
         self.file = run.workdir / f"{name}.json"
         self.log = run.workdir / f"{name}.log"
         self.process: asyncio.subprocess.Process | None = None
@@ -223,7 +221,7 @@ class Run:
         self.kubeconfig = workdir / "kubeconfig"
         self.kubeconfig.write_text(json.dumps({
             "apiVersion": "v1", "kind": "Config", "current-context": "c",
-            "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{_free_port()}"}}],
+            "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{free_port()}"}}],
             "users": [{"name": "u", "user": {"token": "none"}}],
             "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
         }))  # fmt: skip

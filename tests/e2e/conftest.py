@@ -13,23 +13,19 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from router_controller.envtest import ControlPlane
 from router_controller.kube import Kube
 from router_controller.manager import Manager
-from router_controller.metrics import Metrics
+from router_controller_dev.envtest import ControlPlane
 from tests.e2e.processes import background, grants, operators
-from tests.e2e.support import run_operator
+from tests.e2e.support import admin_kube, run_operator
 
 __all__ = ["background", "grants", "operators"]  # fixtures for operator processes
 
 
 @pytest.fixture(scope="session")
 async def kube(control_plane: ControlPlane) -> AsyncIterator[Kube]:
-    client = await Kube.connect(
-        kubeconfig=str(control_plane.kubeconfig), metrics=Metrics(process=False)
-    )
-    yield client
-    await client.close()
+    async with admin_kube(control_plane) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from router_controller.kube import LEASES, Kube, NotFound
-from tests.e2e.processes import OperatorProcess
+from router_controller_dev.processes import OperatorProcess
 
 T = TypeVar("T")
 

@@ -1,10 +1,11 @@
-"""The operator as a separate process, as a user runs it, and what a test sees of it.
+"""Fixtures for operator processes and helper programs, and RBAC from config/rbac.
 
 A test starts processes through the :func:`operators` fixture, which kills whatever is
-still running when the test ends. Each process writes its (JSON) log to a file that
-the test reads: the log says which ports the operator bound (it is started on port 0,
-so tests never race for a free port), which identity it campaigns under and when it
-leads. Everything else the test checks through the API or the HTTP endpoints.
+still running when the test ends; what it sees of each is
+:class:`~router_controller_dev.processes.OperatorProcess`: its (JSON) log says which
+ports the operator bound (it is started on port 0, so tests never race for a free
+port), which identity it campaigns under and when it leads. Everything else the test
+checks through the API or the HTTP endpoints.
 
 RBAC helpers run the operator, or a scraper, as a ServiceAccount that holds exactly
 the roles rendered from ``config/rbac``, so the tests also prove those manifests.
@@ -12,25 +13,26 @@ the roles rendered from ``config/rbac``, so the tests also prove those manifests
 
 from __future__ import annotations
 
-import ctypes
 import json
-import os
-import shutil
-import signal
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
-import aiohttp
 import pytest
 import yaml
 
-from router_controller.envtest import ControlPlane, free_port
-from tests.e2e.support import REPO, operator_command, wait_for
+from router_controller_dev.envtest import ControlPlane
+
+# Imported by many tests from here; each lives once in the development package.
+from router_controller_dev.http_client import http_get as http_get
+from router_controller_dev.http_client import http_status as http_status
+from router_controller_dev.processes import Children, OperatorProcess, operator_command
+from router_controller_dev.prometheus import PROMETHEUS as PROMETHEUS
+from router_controller_dev.prometheus import start_prometheus as start_prometheus
+from tests.e2e.support import REPO
 
 # Lines that would show a task or a session left behind at exit.
 SHUTDOWN_LEAKS = (
@@ -41,108 +43,6 @@ SHUTDOWN_LEAKS = (
     "ResourceWarning",
     "was never awaited",
 )
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: never outlive the test run
-
-
-@dataclass
-class OperatorProcess:
-    """One ``python -m router_controller`` process and its log file."""
-
-    command: list[str]
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-    _seen: list[dict[str, Any]] = field(default_factory=list)
-    _read: int = 0
-
-    def start(self) -> OperatorProcess:
-        env = {**os.environ, "PYTHONWARNINGS": "always::ResourceWarning"}
-        env.pop("WATCH_NAMESPACES", None)
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                preexec_fn=_die_with_parent,
-            )
-        return self
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    @property
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def records(self) -> list[dict[str, Any]]:
-        """The JSON log records written so far (other lines are skipped)."""
-        with self.log_path.open("rb") as log:
-            log.seek(self._read)
-            chunk = log.read()
-        complete = chunk[: chunk.rfind(b"\n") + 1]
-        self._read += len(complete)
-        for line in complete.decode(errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                self._seen.append(record)
-        return list(self._seen)
-
-    def find(self, event: str) -> dict[str, Any] | None:
-        for record in self.records():
-            if record.get("event") == event:
-                return record
-        return None
-
-    async def logged(self, event: str, *, timeout: float = 60.0) -> dict[str, Any]:
-        """Wait for the first log record with this event; fail early if the process died."""
-
-        def probe() -> dict[str, Any] | None:
-            found = self.find(event)
-            if found is None and not self.running:
-                raise AssertionError(f"operator exited before logging {event!r}:\n{self.output}")
-            return found
-
-        record: dict[str, Any] = await wait_for(probe, timeout=timeout, what=f"log {event!r}")
-        return record
-
-    async def serving(self) -> dict[str, Any]:
-        return await self.logged("serving")
-
-    async def identity(self) -> str:
-        return str((await self.logged("starting"))["identity"])
-
-    async def probe_url(self, path: str) -> str:
-        return f"http://127.0.0.1:{(await self.serving())['probe_port']}{path}"
-
-    async def metrics_url(self) -> str:
-        record = await self.serving()
-        scheme = "https" if record["metrics_secure"] else "http"
-        return f"{scheme}://127.0.0.1:{record['metrics_port']}/metrics"
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    async def exit_code(self, *, timeout: float) -> int:
-        """Wait for the process to exit on its own; its exit code (-N for signal N)."""
-        await wait_for(lambda: not self.running, timeout=timeout, what="the operator to exit")
-        assert self.proc is not None
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-        if self.proc is not None:
-            self.proc.wait(30)
 
 
 Spawn = Callable[..., OperatorProcess]
@@ -251,116 +151,8 @@ def background(tmp_path: Path) -> Iterator[Background]:
 
     Output goes to ``<tmp_path>/<name>.log``.
     """
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(name: str, *argv: str) -> subprocess.Popen[bytes]:
-        with (tmp_path / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
-            )
-        started.append(proc)
-        return proc
-
+    children = Children(tmp_path)
     try:
-        yield start
+        yield children.start
     finally:
-        for proc in started:
-            proc.terminate()
-        for proc in started:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-# -- HTTP -------------------------------------------------------------------------------
-
-
-async def http_get(url: str, *, token: str | None = None) -> tuple[int, str]:
-    """GET ``url`` (self-signed HTTPS accepted) with an optional bearer token."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(
-            url, headers=headers, ssl=False, timeout=aiohttp.ClientTimeout(total=30)
-        ) as response,
-    ):
-        return response.status, await response.text()
-
-
-async def http_status(url: str, *, token: str | None = None) -> int:
-    try:
-        return (await http_get(url, token=token))[0]
-    except (aiohttp.ClientError, TimeoutError):
-        return 0
-
-
-# -- Prometheus -------------------------------------------------------------------------
-
-PROMETHEUS = shutil.which("prometheus")
-
-
-@dataclass
-class Prometheus:
-    """A real Prometheus (Debian's ``prometheus``) scraping one target; its query API."""
-
-    api: str
-
-    async def query(self, promql: str) -> list[dict[str, Any]]:
-        status, text = await http_get(f"{self.api}/api/v1/query?{urlencode({'query': promql})}")
-        assert status == 200, text
-        body = json.loads(text)
-        assert body["status"] == "success", body
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
-
-
-async def start_prometheus(
-    background: Background,
-    folder: Path,
-    *,
-    job: str,
-    target: str,
-    token: str,
-    interval: str = "1s",
-) -> Prometheus:
-    """Scrape ``https://<target>/metrics`` with a bearer token; return once it is ready."""
-    assert PROMETHEUS is not None
-    token_file = folder / "prometheus-token"
-    token_file.write_text(token)
-    config = {
-        "global": {"scrape_interval": interval, "scrape_timeout": interval},
-        "scrape_configs": [
-            {
-                "job_name": job,
-                "scheme": "https",
-                "tls_config": {"insecure_skip_verify": True},
-                "authorization": {"type": "Bearer", "credentials_file": str(token_file)},
-                "static_configs": [{"targets": [target]}],
-            }
-        ],
-    }
-    (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    api = f"http://127.0.0.1:{port}"
-    process = background(
-        "prometheus",
-        PROMETHEUS,
-        f"--config.file={folder / 'prometheus.yml'}",
-        f"--storage.tsdb.path={folder / 'prometheus-data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-    )
-
-    async def ready() -> bool:
-        if process.poll() is not None:
-            output = (folder / "prometheus.log").read_text(errors="replace")
-            raise AssertionError(f"prometheus exited:\n{output}")
-        return await http_status(f"{api}/-/ready") == 200
-
-    await wait_for(ready, timeout=120, what="prometheus ready")
-    return Prometheus(api)
+        children.stop()

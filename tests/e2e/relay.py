@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from router_controller import envtest
+from router_controller_dev import envtest
 
 
 @dataclass
@@ -84,12 +84,9 @@ class Relay:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def kubeconfig(self, path: Path, plane: envtest.ControlPlane) -> Path:
-        path.write_text(
-            envtest.kubeconfig_text(
-                f"http://127.0.0.1:{self.port}", plane.ca_file, plane.admin_token
-            )
+        return plane.write_kubeconfig(
+            path, token=plane.admin_token, server=f"http://127.0.0.1:{self.port}"
         )
-        return path
 
     def arm(self, *faults: Fault) -> None:
         self.faults.extend(faults)

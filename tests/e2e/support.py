@@ -1,7 +1,7 @@
-"""Helpers for end-to-end tests: waiting with deadlines, StaticRoute builders, a running operator.
+"""Helpers for end-to-end tests: StaticRoute builders, waiting on them, a running operator.
 
-Nothing here sleeps to synchronise: :func:`wait_for` polls a condition until a
-deadline and fails with the last value it saw.
+Nothing here sleeps to synchronise: :func:`~router_controller_dev.waiting.wait_for`
+polls a condition until a deadline and fails with the last value it saw.
 """
 
 from __future__ import annotations
@@ -9,47 +9,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from router_controller.api import STATICROUTES
-from router_controller.envtest import ControlPlane
 from router_controller.informer import WatchTuning
 from router_controller.kube import CONFIGMAPS, Kube, NotFound, Object
 from router_controller.manager import Manager
 from router_controller.metrics import Metrics
 from router_controller.settings import Serving, Settings
+from router_controller_dev import repo
+from router_controller_dev.envtest import ControlPlane
 
-T = TypeVar("T")
-REPO = Path(__file__).resolve().parents[2]
+# Used by many tests from here; each lives once in the development package.
+from router_controller_dev.processes import operator_command as operator_command
+from router_controller_dev.waiting import wait_for as wait_for
+
+REPO = repo.root()
 
 
-async def wait_for(
-    probe: Callable[[], Any],
-    *,
-    timeout: float = 30.0,
-    interval: float = 0.05,
-    what: str = "condition",
-) -> Any:
-    """Poll ``probe`` until it returns a truthy value; fail after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last: Any = None
-    while True:
-        try:
-            value = probe()
-            if asyncio.iscoroutine(value):
-                value = await value
-            last = value
-            if value:
-                return value
-        except (NotFound, KeyError) as err:
-            last = err
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
-        await asyncio.sleep(interval)
+@contextlib.asynccontextmanager
+async def admin_kube(plane: ControlPlane) -> AsyncIterator[Kube]:
+    """An API client with the plane's admin credentials, closed when the block ends."""
+    client = await Kube.connect(kubeconfig=str(plane.kubeconfig), metrics=Metrics(process=False))
+    try:
+        yield client
+    finally:
+        await client.close()
 
 
 def staticroute(name: str, namespace: str, **spec: Any) -> Object:
@@ -186,14 +173,6 @@ async def run_operator(
             await asyncio.wait_for(task, 60)
         finally:
             await kube.close()
-
-
-def operator_command(kubeconfig: Path, *args: str) -> list[str]:
-    """The operator as a separate process, as a user runs it."""
-    return [
-        sys.executable, "-m", "router_controller", f"--kubeconfig={kubeconfig}",
-        "--metrics-bind-address=0", "--health-probe-bind-address=127.0.0.1:0", *args,
-    ]  # fmt: skip
 
 
 def config_of(cm: Object) -> dict[str, Any]:

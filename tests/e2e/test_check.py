@@ -25,10 +25,10 @@ import pytest
 
 from router_controller import api
 from router_controller.check import check_main
-from router_controller.envtest import ControlPlane
 from router_controller.kube import Kube
 from router_controller.manager import Manager
-from tests.e2e.fakerouter import FakeRouter, expose
+from router_controller_dev.envtest import ControlPlane
+from router_controller_dev.fakerouter import FakeRouter, expose
 from tests.e2e.support import create_route, staticroute, try_get_cm, wait_condition, wait_for
 from tests.e2e.test_crd_validation import INVALID, VALID, _route
 

@@ -19,12 +19,10 @@ from typing import Any
 
 import pytest
 
-from router_controller import envtest
 from router_controller.api import STATICROUTES
-from router_controller.envtest import ControlPlane
 from router_controller.kube import EVENTS, Kube
-from router_controller.metrics import Metrics
-from tests.conftest import install_crds
+from router_controller_dev import envtest
+from router_controller_dev.envtest import ControlPlane
 from tests.e2e.leases import (
     assert_held_throughout,
     election_flags,
@@ -33,7 +31,7 @@ from tests.e2e.leases import (
     watching_lease,
 )
 from tests.e2e.processes import Spawn
-from tests.e2e.support import create_route, staticroute, wait_condition, wait_for
+from tests.e2e.support import admin_kube, create_route, staticroute, wait_condition, wait_for
 
 NAMESPACES = 200
 BURST = 1000
@@ -41,20 +39,14 @@ BURST = 1000
 
 @pytest.fixture(scope="module")
 def control_plane() -> Iterator[ControlPlane]:
-    with envtest.running() as plane:
-        install_crds(plane)
+    with envtest.running(crds=True) as plane:
         yield plane
 
 
 @pytest.fixture(scope="module")
 async def kube(control_plane: ControlPlane) -> AsyncIterator[Kube]:
-    client = await Kube.connect(
-        kubeconfig=str(control_plane.kubeconfig), metrics=Metrics(process=False)
-    )
-    try:
+    async with admin_kube(control_plane) as client:
         yield client
-    finally:
-        await client.close()
 
 
 @pytest.fixture(scope="module")

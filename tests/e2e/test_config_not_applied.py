@@ -21,14 +21,13 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from router_controller import envtest
-from router_controller.envtest import ControlPlane
 from router_controller.kube import Kube, Object
-from router_controller.metrics import Metrics
 from router_controller.routerstate import NOT_APPLIED
-from tests.conftest import install_crds
-from tests.e2e.fakerouter import FakeRouter, expose
+from router_controller_dev import envtest
+from router_controller_dev.envtest import ControlPlane
+from router_controller_dev.fakerouter import FakeRouter, expose
 from tests.e2e.support import (
+    admin_kube,
     condition,
     create_route,
     events_for,
@@ -54,20 +53,14 @@ STARTUP_CONFIG = {
 
 @pytest.fixture(scope="module")
 def control_plane() -> Iterator[ControlPlane]:
-    with envtest.running(controller_manager=False) as plane:
-        install_crds(plane)
+    with envtest.running(controller_manager=False, crds=True) as plane:
         yield plane
 
 
 @pytest.fixture(scope="module")
 async def kube(control_plane: ControlPlane) -> AsyncIterator[Kube]:
-    client = await Kube.connect(
-        kubeconfig=str(control_plane.kubeconfig), metrics=Metrics(process=False)
-    )
-    try:
+    async with admin_kube(control_plane) as client:
         yield client
-    finally:
-        await client.close()
 
 
 def synced_condition(route: Object) -> dict[str, str]:

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from router_controller.api import STATICROUTES
-from router_controller.envtest import ControlPlane
 from router_controller.kube import CONFIGMAPS, ApiError, Conflict, Kube, Object
 from router_controller.manager import Manager
+from router_controller_dev.envtest import ControlPlane
 from tests.e2e.support import (
     condition,
     config_of,

@@ -22,11 +22,12 @@ import pytest
 import yaml
 
 from router_controller import api, routerconfig
-from router_controller.envtest import ControlPlane
+from router_controller_dev import repo
+from router_controller_dev.envtest import ControlPlane
 
 pytestmark = pytest.mark.cluster
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = repo.root()
 CONFIG = REPO / "config"
 CRD_NAME = f"{api.PLURAL}.{api.GROUP}"
 CONFIG_DIRS = ("crd", "rbac", "manager", "default", "prometheus", "network-policy", "samples")

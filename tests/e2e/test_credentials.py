@@ -27,15 +27,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from router_controller import envtest
-from router_controller.envtest import ControlPlane
 from router_controller.kube import Forbidden, Kube, Unauthorized
 from router_controller.kubeconfig import ConfigError
 from router_controller.metrics import Metrics
-from tests.conftest import install_crds
+from router_controller_dev import envtest
+from router_controller_dev.envtest import ControlPlane
+from router_controller_dev.processes import OperatorProcess
 from tests.e2e.leases import election_flags, leading
-from tests.e2e.processes import Grants, OperatorProcess, Spawn, http_get, operator_account
-from tests.e2e.support import create_route, staticroute, wait_condition, wait_for
+from tests.e2e.processes import Grants, Spawn, http_get, operator_account
+from tests.e2e.support import admin_kube, create_route, staticroute, wait_condition, wait_for
 
 ACCOUNT = "controller-manager"
 LIFETIME = 4  # seconds the plugin says its tokens last
@@ -61,45 +61,18 @@ print(json.dumps({
 
 @pytest.fixture(scope="module")
 def control_plane() -> Iterator[ControlPlane]:
-    with envtest.running() as plane:
-        install_crds(plane)
+    with envtest.running(crds=True) as plane:
         yield plane
 
 
 @pytest.fixture(scope="module")
 async def kube(control_plane: ControlPlane) -> AsyncIterator[Kube]:
-    client = await Kube.connect(
-        kubeconfig=str(control_plane.kubeconfig), metrics=Metrics(process=False)
-    )
-    try:
+    async with admin_kube(control_plane) as client:
         yield client
-    finally:
-        await client.close()
 
 
 def kubeconfig_with(plane: ControlPlane, path: Path, user: dict[str, Any], **cluster: Any) -> Path:
-    path.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {
-                        "name": "plane",
-                        "cluster": {
-                            "server": plane.server,
-                            "certificate-authority": str(plane.ca_file),
-                            **cluster,
-                        },
-                    }
-                ],
-                "users": [{"name": "u", "user": user}],
-                "contexts": [{"name": "c", "context": {"cluster": "plane", "user": "u"}}],
-                "current-context": "c",
-            }
-        )
-    )
-    return path
+    return plane.write_kubeconfig(path, credentials=user, user="u", **cluster)
 
 
 def recreate_account(plane: ControlPlane, namespace: str) -> None:

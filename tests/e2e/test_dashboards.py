@@ -20,35 +20,25 @@ import functools
 import json
 import math
 import re
-import shutil
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import pytest
 import yaml
 
-from router_controller import envtest
 from router_controller.api import STATICROUTES
-from router_controller.envtest import ControlPlane, free_port
 from router_controller.kube import Kube
-from router_controller.metrics import Metrics
-from tests.conftest import install_crds
-from tests.e2e.fakerouter import FakeRouter, expose
-from tests.e2e.processes import (
-    Grants,
-    OperatorProcess,
-    _die_with_parent,
-    http_get,
-    http_status,
-    operator_account,
-)
+from router_controller_dev import envtest
+from router_controller_dev.envtest import ControlPlane
+from router_controller_dev.fakerouter import FakeRouter, expose
+from router_controller_dev.processes import Children, OperatorProcess
+from router_controller_dev.prometheus import PROMETHEUS, Prometheus, start_prometheus
+from tests.e2e.processes import Grants, http_get, operator_account
 from tests.e2e.support import (
     REPO,
+    admin_kube,
     create_route,
     get_cm,
     operator_command,
@@ -59,7 +49,6 @@ from tests.e2e.support import (
 
 pytestmark = pytest.mark.cluster
 
-PROMETHEUS = shutil.which("prometheus")
 DASHBOARD = REPO / "config" / "grafana" / "router-controller.json"
 RULES = REPO / "config" / "prometheus" / "alert_rules.yaml"
 # What the ServiceMonitor's scrapes are labelled with: the metrics Service's name.
@@ -81,20 +70,14 @@ class Scene:
 
 @pytest.fixture(scope="module")
 def control_plane() -> Iterator[ControlPlane]:
-    with envtest.running() as plane:
-        install_crds(plane)
+    with envtest.running(crds=True) as plane:
         yield plane
 
 
 @pytest.fixture(scope="module")
 async def kube(control_plane: ControlPlane) -> AsyncIterator[Kube]:
-    client = await Kube.connect(
-        kubeconfig=str(control_plane.kubeconfig), metrics=Metrics(process=False)
-    )
-    try:
+    async with admin_kube(control_plane) as client:
         yield client
-    finally:
-        await client.close()
 
 
 def rule_groups() -> dict[str, Any]:
@@ -166,12 +149,7 @@ def expr_slice(expr: str, text: str, start: int, end: int) -> str:
 
 
 async def query(api: str, promql: str) -> list[dict[str, Any]]:
-    status, text = await http_get(f"{api}/api/v1/query?{urlencode({'query': promql})}")
-    assert status == 200, f"{promql}: {text}"
-    body = json.loads(text)
-    assert body["status"] == "success", body
-    result: list[dict[str, Any]] = body["data"]["result"]
-    return result
+    return await Prometheus(api).query(promql)
 
 
 def finite(result: list[dict[str, Any]]) -> bool:
@@ -189,7 +167,7 @@ async def scene(
     control_plane.kubectl("create", "namespace", namespace)
     grants = Grants(control_plane)
     process: OperatorProcess | None = None
-    prometheus = None
+    children = Children(folder)  # Prometheus, for the whole module
     try:
         kubeconfig = operator_account(
             grants, namespace, folder / "kubeconfig", "manager-role", "metrics-auth-role"
@@ -213,46 +191,18 @@ async def scene(
                 folder / "operator.log",
             ).start()
             record = await process.serving()
-            token_file = folder / "token"
-            token_file.write_text(reader_token)
-            (folder / "rules.yaml").write_text(yaml.safe_dump(rule_groups()))
-            config = {
-                "global": {
-                    "scrape_interval": "1s",
-                    "scrape_timeout": "1s",
-                    "evaluation_interval": "1s",
-                },
-                "rule_files": [str(folder / "rules.yaml")],
-                "scrape_configs": [
-                    {
-                        "job_name": JOB,
-                        "scheme": "https",
-                        "tls_config": {"insecure_skip_verify": True},
-                        "authorization": {"type": "Bearer", "credentials_file": str(token_file)},
-                        "static_configs": [{"targets": [f"127.0.0.1:{record['metrics_port']}"]}],
-                    }
-                ],
-            }
-            (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
-            port = free_port()
-            api = f"http://127.0.0.1:{port}"
-            background = _Background(folder)
-            prometheus = background.start(
-                PROMETHEUS,
-                f"--config.file={folder / 'prometheus.yml'}",
-                f"--storage.tsdb.path={folder / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
+            prometheus = await start_prometheus(
+                children.start,
+                folder,
+                job=JOB,
+                target=f"127.0.0.1:{record['metrics_port']}",
+                token=reader_token,
+                rules=rule_groups(),
             )
 
-            async def ready() -> bool:
-                if prometheus is not None and prometheus.poll() is not None:
-                    raise AssertionError(f"prometheus exited:\n{background.output()}")
-                return await http_status(f"{api}/-/ready") == 200
-
-            await wait_for(ready, timeout=120, what="prometheus ready")
-
             async def scraped() -> list[dict[str, Any]]:
-                return [r for r in await query(api, f'up{{job="{JOB}"}}') if r["value"][1] == "1"]
+                found = await prometheus.query(f'up{{job="{JOB}"}}')
+                return [r for r in found if r["value"][1] == "1"]
 
             await wait_for(scraped, timeout=120, what="a successful scrape")
             # Created once Prometheus scrapes, so the rates see their reconciles happen.
@@ -276,35 +226,13 @@ async def scene(
                 kube, namespace, "failing", "Ready", "False", reason="RouterUnhealthy", timeout=90
             )
 
-            yield Scene(namespace, process, reader_token, api)
+            yield Scene(namespace, process, reader_token, prometheus.api)
     finally:
-        if prometheus is not None:
-            prometheus.terminate()
-            prometheus.wait(30)
+        children.stop()
         if process is not None:
             process.kill()
         grants.undo()
         control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
-
-
-class _Background:
-    """Prometheus as a child process, its output in a file (a module-scoped ``background``)."""
-
-    def __init__(self, folder: Path) -> None:
-        self._log = folder / "prometheus.log"
-
-    def start(self, *argv: str) -> subprocess.Popen[bytes]:
-        with self._log.open("ab") as log:
-            return subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
-            )
-
-    def output(self) -> str:
-        return self._log.read_text(errors="replace")
 
 
 # -- the dashboard ---------------------------------------------------------------------------

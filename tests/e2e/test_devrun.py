@@ -1,6 +1,6 @@
 """``make run`` on a machine without a cluster: the first thing a newcomer sees.
 
-``python -m router_controller.devrun`` runs as a separate process, as ``make run``
+``python -m router_controller_dev.devrun`` runs as a separate process, as ``make run``
 starts it, with a HOME and KUBECONFIG that lead to no cluster. It must start a
 local control plane, apply the sample, make the sample's router real with its
 stand-in, run the operator, print how to reach all of it, and on Ctrl-C stop
@@ -22,11 +22,11 @@ import aiohttp
 import pytest
 import yaml
 
-from router_controller import envtest
 from router_controller.api import StaticRouteSpec
 from router_controller.kube import Kube
 from router_controller.metrics import Metrics
 from router_controller.routerconfig import render
+from router_controller_dev import envtest
 from tests.e2e.support import REPO, condition, get_cm, wait_condition, wait_for
 
 SAMPLE = REPO / "config" / "samples" / "production-stack_v1alpha1_staticroute.yaml"
@@ -103,7 +103,7 @@ async def devrun(tmp_path: Path) -> AsyncIterator[tuple[asyncio.subprocess.Proce
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "router_controller.devrun",
+        "router_controller_dev.devrun",
         cwd=tmp_path,
         env=env,
         stdin=asyncio.subprocess.DEVNULL,

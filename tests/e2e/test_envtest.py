@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from router_controller import envtest
 from router_controller.kube import CONFIGMAPS, Kube, NotFound
+from router_controller_dev import envtest
 from tests.e2e.support import wait_for
 
 

@@ -16,13 +16,12 @@ from typing import Any
 
 import pytest
 
-from router_controller import envtest
 from router_controller.api import STATICROUTES
-from router_controller.envtest import ControlPlane
 from router_controller.kube import Kube
-from router_controller.metrics import Metrics
-from tests.conftest import install_crds
+from router_controller_dev import envtest
+from router_controller_dev.envtest import ControlPlane
 from tests.e2e.support import (
+    admin_kube,
     config_of,
     create_route,
     run_operator,
@@ -38,16 +37,14 @@ BURST = 1000
 
 @pytest.fixture(scope="module")
 def plane() -> Iterator[ControlPlane]:
-    with envtest.running() as fresh:
-        install_crds(fresh)
+    with envtest.running(crds=True) as fresh:
         yield fresh
 
 
 @pytest.fixture(scope="module")
 async def client(plane: ControlPlane) -> AsyncIterator[Kube]:
-    kube = await Kube.connect(kubeconfig=str(plane.kubeconfig), metrics=Metrics(process=False))
-    yield kube
-    await kube.close()
+    async with admin_kube(plane) as kube:
+        yield kube
 
 
 @pytest.fixture

@@ -20,14 +20,14 @@ from typing import Any
 import pytest
 
 from router_controller.api import STATICROUTES, StaticRouteSpec, default_config_map_name
-from router_controller.envtest import ControlPlane
 from router_controller.health import SERVICE_INDEX, Prober, slice_service
 from router_controller.informer import Informer
 from router_controller.kube import ENDPOINTSLICES, SERVICES, Kube, Object
 from router_controller.manager import Manager
 from router_controller.metrics import Metrics
 from router_controller.routerconfig import render
-from tests.e2e.fakerouter import FakeRouter, expose
+from router_controller_dev.envtest import ControlPlane
+from router_controller_dev.fakerouter import FakeRouter, expose
 from tests.e2e.support import (
     condition,
     config_of,

@@ -16,8 +16,6 @@ operator (run with the chart's ``--namespaces``) works with them and nothing els
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -25,20 +23,21 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from router_controller import envtest
-from router_controller.devrun import StandInRouter, router_service
-from router_controller.envtest import ControlPlane
-from router_controller.kube import SERVICES, Kube
-from router_controller.metrics import Metrics
+from router_controller.kube import Kube
+from router_controller_dev import envtest
+from router_controller_dev.envtest import ControlPlane
+from router_controller_dev.fakerouter import FakeRouter, standing_in
 from tests.e2e.processes import Spawn, http_get
 from tests.e2e.support import (
     REPO,
+    admin_kube,
     condition,
     create_route,
     get_cm,
@@ -346,9 +345,8 @@ def plane() -> Iterator[ControlPlane]:
 
 @pytest.fixture(scope="module")
 async def admin(plane: ControlPlane) -> AsyncIterator[Kube]:
-    kube = await Kube.connect(kubeconfig=str(plane.kubeconfig), metrics=Metrics(process=False))
-    yield kube
-    await kube.close()
+    async with admin_kube(plane) as kube:
+        yield kube
 
 
 def install(helm: str, plane: ControlPlane, *sets: str) -> list[dict[str, Any]]:
@@ -400,24 +398,17 @@ def can_i(plane: ControlPlane, *args: str) -> bool:
     return result.stdout.strip() == "yes"
 
 
-@contextlib.asynccontextmanager
-async def stand_in_router(kube: Kube, namespace: str, address: str) -> AsyncIterator[None]:
-    router = StandInRouter(
-        kube=kube, namespace=namespace, configmap="vllm-router-config", address=address,
-        reload_seconds=1.0,
-    )  # fmt: skip
-    port = await router.start()
-    await kube.create(
-        SERVICES.path(namespace), router_service("vllm-router", namespace, address, port)
+def stand_in_router(
+    kube: Kube, namespace: str, address: str
+) -> AbstractAsyncContextManager[FakeRouter]:
+    return standing_in(
+        kube,
+        namespace,
+        service="vllm-router",
+        configmap="vllm-router-config",
+        address=address,
+        every=1.0,
     )
-    reloads = asyncio.create_task(router.reload_forever())
-    try:
-        yield
-    finally:
-        reloads.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reloads
-        await router.stop()
 
 
 @pytest.mark.cluster
@@ -456,10 +447,7 @@ async def test_helm_install_and_the_chart_service_account_makes_the_sample_ready
             assert status == 200, text
             assert "router_controller_staticroute_condition{" in text
             assert (await http_get(url, token=token))[0] == 403
-            forbidden = [
-                line for line in process.output.splitlines() if "forbidden" in line.lower()
-            ]
-            assert not forbidden, process.output
+            assert not process.forbidden(), process.output
     finally:
         uninstall(helm, plane)
     gone = plane.kubectl("get", "clusterrole", "router-controller-manager-role", check=False)
@@ -499,10 +487,7 @@ async def test_with_namespaces_the_operator_works_with_namespaced_roles_only(
             await wait_condition(admin, other, "second", "Ready", "True", timeout=60)
             # Outside the namespaces nothing is read or written, and nothing was refused.
             assert not (await get_route(admin, outside, "not-watched")).get("status")
-            forbidden = [
-                line for line in process.output.splitlines() if "forbidden" in line.lower()
-            ]
-            assert not forbidden, process.output
+            assert not process.forbidden(), process.output
             assert process.running
 
             async def ready_probe() -> bool:

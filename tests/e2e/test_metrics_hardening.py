@@ -35,23 +35,21 @@ import aiohttp
 import pytest
 import yaml
 
-from router_controller import envtest
-from router_controller.envtest import ControlPlane
 from router_controller.kube import LEASES, Kube
-from router_controller.metrics import Metrics
 from router_controller.metricsauth import UNKNOWN_TOKEN_BURST, UNKNOWN_TOKEN_RATE
 from router_controller.server import TLS_HANDSHAKE_TIMEOUT
-from tests.conftest import install_crds
+from router_controller_dev import envtest, procstat
+from router_controller_dev.envtest import ControlPlane
+from router_controller_dev.processes import OperatorProcess
 from tests.e2e.processes import (
     PROMETHEUS,
     SHUTDOWN_LEAKS,
     Background,
     Grants,
-    OperatorProcess,
     operator_account,
     start_prometheus,
 )
-from tests.e2e.support import REPO, operator_command, wait_for
+from tests.e2e.support import REPO, admin_kube, operator_command, wait_for
 
 IDLE_CONNECTIONS = 1000
 BOGUS_REQUESTS = 2000
@@ -64,18 +62,14 @@ OTHER_REVIEWS = 5
 
 @pytest.fixture
 def plane() -> Iterator[ControlPlane]:
-    with envtest.running() as fresh:
-        install_crds(fresh)
+    with envtest.running(crds=True) as fresh:
         yield fresh
 
 
 @pytest.fixture
 async def kube(plane: ControlPlane) -> AsyncIterator[Kube]:
-    client = await Kube.connect(kubeconfig=str(plane.kubeconfig), metrics=Metrics(process=False))
-    try:
+    async with admin_kube(plane) as client:
         yield client
-    finally:
-        await client.close()
 
 
 @pytest.fixture
@@ -108,10 +102,7 @@ def memory_limit() -> int:
 
 
 def rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
+    return procstat.memory_bytes(pid)["VmRSS"]
 
 
 def token_reviews(plane: ControlPlane) -> int:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
-import shutil
 import signal
 import time
 import uuid
@@ -31,25 +30,22 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from router_controller import envtest
 from router_controller.api import STATICROUTES, default_config_map_name
 from router_controller.clock import format_micro_time
-from router_controller.envtest import ControlPlane, free_port
 from router_controller.kube import LEASES, Conflict, Kube, NotFound, Object
-from router_controller.metrics import Metrics
-from tests.conftest import install_crds
+from router_controller_dev import envtest
+from router_controller_dev.envtest import ControlPlane
+from router_controller_dev.processes import OperatorProcess
+from router_controller_dev.prometheus import PROMETHEUS, start_prometheus
 from tests.e2e import leases
 from tests.e2e.processes import (
     SHUTDOWN_LEAKS,
     Background,
     Grants,
-    OperatorProcess,
     Spawn,
     apply_roles,
     http_get,
@@ -57,6 +53,7 @@ from tests.e2e.processes import (
     operator_account,
 )
 from tests.e2e.support import (
+    admin_kube,
     config_of,
     create_route,
     get_route,
@@ -74,20 +71,14 @@ RESULTS = {"success", "error", "requeue", "requeue_after"}
 
 @pytest.fixture(scope="module")
 def control_plane() -> Iterator[ControlPlane]:
-    with envtest.running() as plane:
-        install_crds(plane)
+    with envtest.running(crds=True) as plane:
         yield plane
 
 
 @pytest.fixture(scope="module")
 async def kube(control_plane: ControlPlane) -> AsyncIterator[Kube]:
-    client = await Kube.connect(
-        kubeconfig=str(control_plane.kubeconfig), metrics=Metrics(process=False)
-    )
-    try:
+    async with admin_kube(control_plane) as client:
         yield client
-    finally:
-        await client.close()
 
 
 def election_flags(namespace: str, lease: str, **timings: float) -> tuple[str, ...]:
@@ -477,57 +468,21 @@ async def test_metrics_need_a_token_allowed_to_get_metrics(
     assert value(samples, "workqueue_adds_total", name="staticroute") >= 1
 
 
-PROMETHEUS = shutil.which("prometheus")
-
-
 @pytest.mark.skipif(
     PROMETHEUS is None, reason="no prometheus binary on PATH (Debian package: prometheus)"
 )
 async def test_prometheus_scrapes_the_secure_endpoint(
     secure: SecureOperator, background: Background, tmp_path: Path
 ) -> None:
-    assert PROMETHEUS is not None
     record = await secure.process.serving()
-    token_file = tmp_path / "token"
-    token_file.write_text(secure.reader_token)
-    config = {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
-        "scrape_configs": [
-            {
-                "job_name": "router-controller",
-                "scheme": "https",
-                "tls_config": {"insecure_skip_verify": True},
-                "authorization": {"type": "Bearer", "credentials_file": str(token_file)},
-                "static_configs": [{"targets": [f"127.0.0.1:{record['metrics_port']}"]}],
-            }
-        ],
-    }
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    api = f"http://127.0.0.1:{port}"
-    prometheus = background(
-        "prometheus",
-        PROMETHEUS,
-        f"--config.file={tmp_path / 'prometheus.yml'}",
-        f"--storage.tsdb.path={tmp_path / 'data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
+    prometheus = await start_prometheus(
+        background,
+        tmp_path,
+        job="router-controller",
+        target=f"127.0.0.1:{record['metrics_port']}",
+        token=secure.reader_token,
     )
-
-    async def ready() -> bool:
-        if prometheus.poll() is not None:
-            output = (tmp_path / "prometheus.log").read_text(errors="replace")
-            raise AssertionError(f"prometheus exited:\n{output}")
-        return await answers(f"{api}/-/ready", 200)
-
-    await wait_for(ready, timeout=120, what="prometheus ready")
-
-    async def query(promql: str) -> list[dict[str, Any]]:
-        status, text = await http_get(f"{api}/api/v1/query?{urlencode({'query': promql})}")
-        assert status == 200, text
-        body = json.loads(text)
-        assert body["status"] == "success", body
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
+    query = prometheus.query
 
     async def scraped() -> list[dict[str, Any]]:
         return [r for r in await query('up{job="router-controller"}') if r["value"][1] == "1"]

@@ -2,7 +2,7 @@
 
 Whoever can write a StaticRoute or a Service in one namespace chooses what the
 operator probes, how long a probe may take and what the answer says. These tests
-play that tenant with the hostile routers of :mod:`tests.e2e.hostile`, next to a
+play that tenant with the hostile routers of :mod:`router_controller_dev.hostile`, next to a
 well-behaved namespace with a :class:`FakeRouter`, and check what a user of the
 other namespace relies on: their StaticRoute's conditions follow their router, and
 its probes keep running (``router_controller_probe_total``, read from the session
@@ -24,8 +24,8 @@ from router_controller.kube import ENDPOINTSLICES, SERVICES, Kube
 from router_controller.manager import Manager
 from router_controller.metrics import ProbeOutcome
 from router_controller.routerstate import MAX_NAMED
-from tests.e2e.fakerouter import FakeRouter, endpointslice, expose, host_address
-from tests.e2e.hostile import HostileRouter, HungRouter, expose_at
+from router_controller_dev.fakerouter import FakeRouter, endpointslice, expose, host_address
+from router_controller_dev.hostile import HostileRouter, HungRouter, expose_at
 from tests.e2e.support import (
     condition,
     create_route,

@@ -19,7 +19,6 @@ fails the test.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -28,7 +27,7 @@ import ssl
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +35,15 @@ import aiohttp
 import pytest
 import yaml
 
-from router_controller import envtest
 from router_controller.api import API_VERSION, KIND, PLURAL, STATICROUTES
-from router_controller.devrun import StandInRouter, router_service
-from router_controller.envtest import ControlPlane
-from router_controller.kube import CONFIGMAPS, LEASES, SERVICES, Kube, NotFound, Object
-from router_controller.metrics import Metrics
+from router_controller.kube import CONFIGMAPS, LEASES, Kube, NotFound, Object
+from router_controller_dev import envtest
+from router_controller_dev.envtest import ControlPlane
+from router_controller_dev.fakerouter import FakeRouter, standing_in
+from router_controller_dev.processes import OperatorProcess
 from tests.e2e.support import (
     REPO,
+    admin_kube,
     condition,
     events_for,
     get_cm,
@@ -120,61 +120,13 @@ def apply(plane: ControlPlane, *objects: Object) -> None:
 # -- the operator as a process ---------------------------------------------------------
 
 
-@dataclass
-class OperatorProcess:
-    """A running operator and every log line it wrote, with when it was read."""
-
-    process: asyncio.subprocess.Process
-    lines: list[tuple[float, str]] = field(default_factory=list)
-
-    def text(self) -> str:
-        return "\n".join(line for _, line in self.lines)
-
-    def refused(self, resource: str, verb: str) -> list[tuple[float, str]]:
-        """Log lines that say the API server refused ``verb`` on ``resource``."""
-        needle = f'cannot {verb} resource "{resource}"'
-        found = []
-        for at, line in self.lines:
-            try:
-                text = " ".join(str(v) for v in json.loads(line).values())
-            except (ValueError, AttributeError):
-                text = line
-            if needle in text:
-                found.append((at, text))
-        return found
-
-    def any_refusal(self) -> list[str]:
-        return [line for _, line in self.lines if "forbidden" in line.lower()]
-
-
-async def _read(stream: asyncio.StreamReader, into: list[tuple[float, str]]) -> None:
-    async for raw in stream:
-        into.append((time.monotonic(), raw.decode(errors="replace").rstrip("\n")))  # noqa: PERF401 - read as it comes
-
-
 @contextlib.asynccontextmanager
-async def operator(kubeconfig: Path, *args: str) -> AsyncIterator[OperatorProcess]:
-    process = await asyncio.create_subprocess_exec(
-        *operator_command(kubeconfig, *args),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        preexec_fn=envtest.die_with_parent,
-    )
-    running = OperatorProcess(process)
-    assert process.stdout is not None
-    reader = asyncio.create_task(_read(process.stdout, running.lines))
+async def operator(kubeconfig: Path, log: Path, *args: str) -> AsyncIterator[OperatorProcess]:
+    running = OperatorProcess(operator_command(kubeconfig, *args), log).start()
     try:
         yield running
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 60)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-        await asyncio.wait_for(reader, 30)
+        await running.close()
 
 
 def service_account_kubeconfig(plane: ControlPlane, name: str, path: Path) -> Path:
@@ -192,9 +144,8 @@ def plane() -> Iterator[ControlPlane]:
 
 @pytest.fixture(scope="module")
 async def admin(plane: ControlPlane) -> AsyncIterator[Kube]:
-    kube = await Kube.connect(kubeconfig=str(plane.kubeconfig), metrics=Metrics(process=False))
-    yield kube
-    await kube.close()
+    async with admin_kube(plane) as kube:
+        yield kube
 
 
 @pytest.fixture(scope="module")
@@ -254,27 +205,15 @@ def test_build_installer_writes_one_file_the_server_accepts(deployed: ControlPla
 # -- the manager's ServiceAccount is enough --------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def stand_in_router(kube: Kube, namespace: str) -> AsyncIterator[StandInRouter]:
-    router = StandInRouter(
-        kube=kube,
-        namespace=namespace,
+def stand_in_router(kube: Kube, namespace: str) -> AbstractAsyncContextManager[FakeRouter]:
+    return standing_in(
+        kube,
+        namespace,
+        service="vllm-router",
         configmap="vllm-router-config",
         address=ROUTER_ADDRESS,
-        reload_seconds=1.0,
+        every=1.0,
     )
-    port = await router.start()
-    await kube.create(
-        SERVICES.path(namespace), router_service("vllm-router", namespace, ROUTER_ADDRESS, port)
-    )
-    reloads = asyncio.create_task(router.reload_forever())
-    try:
-        yield router
-    finally:
-        reloads.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reloads
-        await router.stop()
 
 
 async def _scrape(url: str, token: str | None) -> int:
@@ -310,6 +249,7 @@ async def test_the_manager_service_account_is_enough(
         plane.kubectl("apply", "-n", namespace, "-k", str(REPO / "config" / "samples"))
         async with operator(
             kubeconfig,
+            tmp_path / "operator.log",
             *args,
             f"--leader-election-namespace={NAMESPACE}",  # in a Pod: its own namespace
             f"--metrics-bind-address=127.0.0.1:{metrics_port}",
@@ -345,9 +285,9 @@ async def test_the_manager_service_account_is_enough(
             assert await _scrape(url, plane.token_for(SERVICE_ACCOUNT, NAMESPACE)) == 403
             assert await _scrape(url, plane.token_for("scraper", NAMESPACE)) == 200
 
-            assert not running.any_refusal(), running.text()
-            running.process.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(running.process.wait(), 60) == 0, running.text()
+            assert not running.forbidden(), running.output
+            running.signal(signal.SIGTERM)
+            assert await running.exit_code(timeout=60) == 0, running.output
 
     released = await admin.get(LEASES.path(NAMESPACE, LEASE_NAME))
     assert not released["spec"].get("holderIdentity"), "the Lease is released on SIGTERM"
@@ -489,6 +429,7 @@ async def test_every_permission_is_needed_and_its_absence_is_reported(
     try:
         async with operator(
             kubeconfig,
+            tmp_path / "operator.log",
             f"--namespaces={name}",
             "--leader-elect",
             f"--leader-election-namespace={NAMESPACE}",
@@ -497,7 +438,7 @@ async def test_every_permission_is_needed_and_its_absence_is_reported(
             step = await _scenario(admin, name, name, lambda: running.refused(resource, verb))
             assert step is not None, (
                 f"without {verb} on {resource} (group {group or 'core'!r}) the operator did "
-                f"everything it does: the {role} role does not need that verb\n{running.text()}"
+                f"everything it does: the {role} role does not need that verb\n{running.output}"
             )
             refusals = running.refused(resource, verb)
             first = refusals[0][0]
@@ -516,11 +457,12 @@ async def test_every_permission_is_needed_and_its_absence_is_reported(
 
             # Neither a crash nor a hot loop: still running (a leader that cannot
             # renew its Lease exits on purpose, saying so), retrying with backoff.
-            assert "Traceback" not in running.text(), running.text()
+            assert "Traceback" not in running.output, running.output
+            code = running.proc.poll() if running.proc is not None else None
             if (resource, verb) == ("leases", "update"):
-                assert running.process.returncode in (None, 1), running.text()
+                assert code in (None, 1), running.output
             else:
-                assert running.process.returncode is None, running.text()
+                assert code is None, running.output
             elapsed = time.monotonic() - first
             count = len(running.refused(resource, verb))
             assert count <= 20 + 20 * elapsed, (

@@ -16,14 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from router_controller import envtest
 from router_controller.api import STATICROUTES
 from router_controller.informer import WatchTuning
 from router_controller.kube import Kube
-from router_controller.metrics import Metrics
-from tests.conftest import install_crds
+from router_controller_dev import envtest
 from tests.e2e.support import (
     REPO,
+    admin_kube,
     config_of,
     create_route,
     get_cm,
@@ -40,8 +39,7 @@ OPERATOR_RESOURCES = ("staticroutes", "configmaps", "events")
 
 @pytest.fixture
 def plane() -> Iterator[envtest.ControlPlane]:
-    with envtest.running() as fresh:
-        install_crds(fresh)
+    with envtest.running(crds=True) as fresh:
         for ns in ("a", "b", "c"):
             fresh.kubectl("create", "namespace", ns)
         yield fresh
@@ -49,11 +47,8 @@ def plane() -> Iterator[envtest.ControlPlane]:
 
 @pytest.fixture
 async def client(plane: envtest.ControlPlane) -> AsyncIterator[Kube]:
-    kube = await Kube.connect(kubeconfig=str(plane.kubeconfig), metrics=Metrics(process=False))
-    try:
+    async with admin_kube(plane) as kube:
         yield kube
-    finally:
-        await kube.close()
 
 
 def writes(plane: envtest.ControlPlane) -> int:
@@ -264,10 +259,8 @@ async def test_silent_watch_is_abandoned_and_reopened(
 ) -> None:
     async with FreezingProxy(plane.apiserver_port) as proxy:
         kubeconfig = tmp_path / "via-proxy"
-        kubeconfig.write_text(
-            envtest.kubeconfig_text(
-                f"https://127.0.0.1:{proxy.port}", plane.ca_file, plane.admin_token
-            )
+        plane.write_kubeconfig(
+            kubeconfig, token=plane.admin_token, server=f"https://127.0.0.1:{proxy.port}"
         )
         tuning = WatchTuning(stall_timeout=3.0, server_timeout=(600, 600))
         async with run_operator(

@@ -17,16 +17,25 @@ from typing import Any
 
 import pytest
 
-from router_controller import envtest
 from router_controller.api import STATICROUTES
 from router_controller.kube import Kube
-from router_controller.metrics import Metrics
 from router_controller.routerstate import MAX_ENDPOINT_MESSAGE
-from tests.conftest import install_crds
-from tests.e2e.fakerouter import FakeRouter, expose
-from tests.e2e.hostile import MIB, HugeRouter, expose_at, long_status, memory_kib, reset_peak
+from router_controller_dev import envtest, procstat
+from router_controller_dev.fakerouter import FakeRouter, expose
+from router_controller_dev.hostile import (
+    HugeRouter,
+    expose_at,
+    long_status,
+)
 from tests.e2e.processes import Spawn, http_status
-from tests.e2e.support import condition, create_route, staticroute, wait_condition, wait_for
+from tests.e2e.support import (
+    admin_kube,
+    condition,
+    create_route,
+    staticroute,
+    wait_condition,
+    wait_for,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -35,17 +44,15 @@ NS = "answers"
 
 @pytest.fixture(scope="module")
 def plane() -> Iterator[envtest.ControlPlane]:
-    with envtest.running() as started:
-        install_crds(started)
+    with envtest.running(crds=True) as started:
         started.kubectl("create", "namespace", NS)
         yield started
 
 
 @pytest.fixture(scope="module")
 async def client(plane: envtest.ControlPlane) -> AsyncIterator[Kube]:
-    kube = await Kube.connect(kubeconfig=str(plane.kubeconfig), metrics=Metrics(process=False))
-    yield kube
-    await kube.close()
+    async with admin_kube(plane) as kube:
+        yield kube
 
 
 async def test_huge_and_long_answers_leave_memory_bounded_and_the_status_written(
@@ -53,7 +60,7 @@ async def test_huge_and_long_answers_leave_memory_bounded_and_the_status_written
 ) -> None:
     async with contextlib.AsyncExitStack() as stack:
         healthy = await stack.enter_async_context(FakeRouter())
-        huge = await stack.enter_async_context(HugeRouter(50 * MIB))
+        huge = await stack.enter_async_context(HugeRouter(50 * procstat.MIB))
         chatty = await stack.enter_async_context(long_status(40_000))
         await expose(client, NS, "warm", [healthy])
         await expose_at(client, NS, "hostile", [(huge.host, huge.port), (chatty.host, chatty.port)])
@@ -71,8 +78,8 @@ async def test_huge_and_long_answers_leave_memory_bounded_and_the_status_written
         )
         await wait_condition(client, NS, "warm", "RouterHealthy", "True", timeout=60)
         await wait_for(lambda: healthy.requests >= 2, what="a second probe of the warm router")
-        baseline = memory_kib(pid)["VmRSS"]
-        reset_peak(pid)
+        baseline = procstat.memory_bytes(pid)["VmRSS"]
+        procstat.reset_peak(pid)
 
         await create_route(
             client, staticroute("r", NS, routerRef={"name": "hostile"}, healthCheck=check)
@@ -80,9 +87,11 @@ async def test_huge_and_long_answers_leave_memory_bounded_and_the_status_written
 
         # Several rounds of 50 MiB answers, then the memory they cost at the peak.
         await wait_for(lambda: huge.connections >= 4, timeout=60, what="four probes of 50 MiB")
-        peak = memory_kib(pid)["VmHWM"]
-        grown = (peak - baseline) / 1024
-        assert grown <= 20, f"peak RSS {grown:.1f} MiB above the baseline of {baseline / 1024:.1f}"
+        peak = procstat.memory_bytes(pid)["VmHWM"]
+        grown = (peak - baseline) / procstat.MIB
+        assert grown <= 20, (
+            f"peak RSS {grown:.1f} MiB above the baseline of {baseline / procstat.MIB:.1f}"
+        )
 
         async def both_down() -> dict[str, Any] | None:
             route = await client.get(STATICROUTES.path(NS, "r"))

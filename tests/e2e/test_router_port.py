@@ -24,15 +24,14 @@ from typing import Any
 
 import pytest
 
-from router_controller import envtest
 from router_controller.api import STATICROUTES
 from router_controller.kube import ENDPOINTSLICES, SERVICES, Kube, Object
 from router_controller.manager import Manager
-from router_controller.metrics import Metrics
-from tests.conftest import install_crds
-from tests.e2e.fakerouter import FakeRouter, host_address
-from tests.e2e.hostile import HostileRouter
+from router_controller_dev import envtest
+from router_controller_dev.fakerouter import FakeRouter, host_address
+from router_controller_dev.hostile import HostileRouter
 from tests.e2e.support import (
+    admin_kube,
     condition,
     create_route,
     get_cm,
@@ -69,17 +68,15 @@ class Listener(HostileRouter):
 
 @pytest.fixture(scope="module")
 def plane() -> Iterator[envtest.ControlPlane]:
-    with envtest.running(service_cidr="127.0.100.0/24") as started:
-        install_crds(started)
+    with envtest.running(service_cidr="127.0.100.0/24", crds=True) as started:
         started.kubectl("create", "namespace", NS)
         yield started
 
 
 @pytest.fixture(scope="module")
 async def client(plane: envtest.ControlPlane) -> AsyncIterator[Kube]:
-    kube = await Kube.connect(kubeconfig=str(plane.kubeconfig), metrics=Metrics(process=False))
-    yield kube
-    await kube.close()
+    async with admin_kube(plane) as kube:
+        yield kube
 
 
 @pytest.fixture(scope="module")

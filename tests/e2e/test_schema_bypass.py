@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 import yaml
 
-from router_controller import envtest
 from router_controller.api import STATICROUTES, default_config_map_name
 from router_controller.kube import Kube
 from router_controller.manager import Manager
-from router_controller.metrics import Metrics
+from router_controller_dev import envtest
 from tests.e2e.support import (
     REPO,
+    admin_kube,
     condition,
     create_route,
     get_cm,
@@ -57,11 +57,8 @@ def loose_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[envtest.Co
 
 @pytest.fixture(scope="module")
 async def loose_kube(loose_plane: envtest.ControlPlane) -> AsyncIterator[Kube]:
-    client = await Kube.connect(
-        kubeconfig=str(loose_plane.kubeconfig), metrics=Metrics(process=False)
-    )
-    yield client
-    await client.close()
+    async with admin_kube(loose_plane) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")

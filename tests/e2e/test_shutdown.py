@@ -19,8 +19,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import datetime
-import ipaddress
 import json
 import signal
 import ssl
@@ -34,18 +32,13 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-from router_controller import envtest
-from router_controller.envtest import ControlPlane
 from router_controller.kube import CONFIGMAPS, LEASES, Kube, NotFound, Object
-from router_controller.metrics import Metrics
-from tests.conftest import install_crds
+from router_controller_dev import envtest
+from router_controller_dev.envtest import ControlPlane
+from router_controller_dev.pki import serving_cert
 from tests.e2e.processes import SHUTDOWN_LEAKS, Spawn
-from tests.e2e.support import REPO, create_route, staticroute, wait_for
+from tests.e2e.support import REPO, admin_kube, create_route, staticroute, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -57,20 +50,14 @@ HANG_LIMIT = 60.0  # a request the webhook holds is answered after this at the l
 
 @pytest.fixture(scope="module")
 def control_plane() -> Iterator[ControlPlane]:
-    with envtest.running() as plane:
-        install_crds(plane)
+    with envtest.running(crds=True) as plane:
         yield plane
 
 
 @pytest.fixture(scope="module")
 async def kube(control_plane: ControlPlane) -> AsyncIterator[Kube]:
-    client = await Kube.connect(
-        kubeconfig=str(control_plane.kubeconfig), metrics=Metrics(process=False)
-    )
-    try:
+    async with admin_kube(control_plane) as client:
         yield client
-    finally:
-        await client.close()
 
 
 def manager_pod() -> dict[str, Any]:
@@ -93,46 +80,10 @@ def manifest_flags() -> list[str]:
 
 def _tls(folder: Path) -> tuple[ssl.SSLContext, bytes]:
     """A server context for 127.0.0.1 and the PEM of the CA that signed it."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "slow-webhook-ca")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
+    made = serving_cert(
+        folder, name="tls", ca_name="slow-webhook-ca", common_name="127.0.0.1", days=1
     )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    (folder / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / "tls.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(folder / "tls.crt", folder / "tls.key")
-    return context, ca.public_bytes(serialization.Encoding.PEM)
+    return made.server_context(), made.ca_pem
 
 
 @dataclass

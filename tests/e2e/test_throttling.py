@@ -25,12 +25,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from router_controller import envtest
 from router_controller.api import STATICROUTES
-from router_controller.envtest import ControlPlane
 from router_controller.kube import Kube, RetryPolicy
-from router_controller.metrics import Metrics
-from tests.conftest import install_crds
+from router_controller_dev import envtest
+from router_controller_dev.envtest import ControlPlane
+from router_controller_dev.processes import OperatorProcess
 from tests.e2e.leases import (
     assert_held_throughout,
     election_flags,
@@ -38,8 +37,8 @@ from tests.e2e.leases import (
     leading,
     watching_lease,
 )
-from tests.e2e.processes import Grants, OperatorProcess, Spawn, http_get, operator_account
-from tests.e2e.support import create_route, staticroute, wait_for
+from tests.e2e.processes import Grants, Spawn, http_get, operator_account
+from tests.e2e.support import admin_kube, create_route, staticroute, wait_for
 
 ROUTES = 1000
 LEVEL = "router-controller-throttled"
@@ -52,20 +51,14 @@ def control_plane() -> Iterator[ControlPlane]:
         "--max-requests-inflight=150",
         "--max-mutating-requests-inflight=50",
     )
-    with envtest.running(apiserver_flags=flags) as plane:
-        install_crds(plane)
+    with envtest.running(apiserver_flags=flags, crds=True) as plane:
         yield plane
 
 
 @pytest.fixture(scope="module")
 async def kube(control_plane: ControlPlane) -> AsyncIterator[Kube]:
-    client = await Kube.connect(
-        kubeconfig=str(control_plane.kubeconfig), metrics=Metrics(process=False)
-    )
-    try:
+    async with admin_kube(control_plane) as client:
         yield client
-    finally:
-        await client.close()
 
 
 def throttle(plane: ControlPlane, namespace: str, account: str) -> None:

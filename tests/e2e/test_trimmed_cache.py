@@ -13,10 +13,10 @@ import asyncio
 import contextlib
 from typing import Any
 
-from router_controller.envtest import ControlPlane
 from router_controller.informer import Informer, PackedEndpoints, trim_service
 from router_controller.kube import ENDPOINTSLICES, SERVICES, Kube, Object
-from tests.e2e.fakerouter import FakeRouter, endpointslice, service
+from router_controller_dev.envtest import ControlPlane
+from router_controller_dev.fakerouter import FakeRouter, endpointslice, service
 from tests.e2e.support import (
     create_route,
     get_cm,

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from router_controller.envtest import ControlPlane
 from router_controller.informer import WatchTuning
 from router_controller.kube import Kube, RetryPolicy
 from router_controller.manager import Manager
+from router_controller_dev.envtest import ControlPlane
 from tests.e2e.relay import Fault, Relay, list_of, watch_of
 from tests.e2e.support import create_route, run_operator, staticroute, try_get_cm, wait_for
 

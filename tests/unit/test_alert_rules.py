@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from router_controller_dev import repo
+
+REPO = repo.root()
 
 PROMTOOL = shutil.which("promtool")
 RULES = REPO / "config" / "prometheus" / "alert_rules.yaml"

@@ -22,9 +22,10 @@ import yaml
 from router_controller import api, routerconfig
 from router_controller.check import CRD_FILE, Checker, check_main, packaged_crd, render_main
 from router_controller.crdvalidation import RuleError, Validator
+from router_controller_dev import repo
 from tests.e2e.test_crd_validation import BACKENDS, INVALID, MODELS, VALID, Invalid, _route
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = repo.root()
 CONFIG_CRD = REPO / "config" / "crd" / "bases" / CRD_FILE
 PACKAGED_CRD = REPO / "operator" / "router_controller" / "crd" / CRD_FILE
 FIELD_PREFIX = "spec."

@@ -29,7 +29,7 @@ from router_controller.routerstate import (
     posix_time,
 )
 from router_controller.settings import Settings
-from tests.e2e.fakerouter import FakeRouter, endpointslice, service
+from router_controller_dev.fakerouter import FakeRouter, endpointslice, service
 from tests.e2e.support import wait_for
 from tests.unit.fakeclock import FakeClock
 from tests.unit.test_health import KEY, LOCAL, NS, ROUTE, Cache, conditions_of, route_spec

@@ -27,8 +27,9 @@ from pydantic_core import PydanticUndefined
 from router_controller import api, routerconfig
 from router_controller.api import default_config_map_name
 from router_controller.routerconfig import CONFIG_MAP_NAME_MAX
+from router_controller_dev import repo
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = repo.root()
 CRD_PATH = REPO / "config" / "crd" / "bases" / "production-stack.vllm.ai_staticroutes.yaml"
 SAMPLE_PATH = REPO / "config" / "samples" / "production-stack_v1alpha1_staticroute.yaml"
 

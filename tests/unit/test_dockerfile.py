@@ -13,7 +13,6 @@ import re
 import tomllib
 from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
 
 import yaml
 from packaging.requirements import Requirement
@@ -21,8 +20,9 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from router_controller import cli
+from router_controller_dev import repo
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = repo.root()
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from router_controller_dev.fakerouter import LOAD_ERROR, NO_NAMESPACE, FakeRouter
 from tests.conformance import cases
-from tests.e2e.fakerouter import LOAD_ERROR, NO_NAMESPACE, FakeRouter
 
 BACKENDS = ["http://10.0.0.1:8000", "http://10.0.0.2:8000", "http://10.0.0.3:8000"]
 

@@ -35,7 +35,7 @@ from router_controller.routerstate import (
     selector_matches,
     summarise,
 )
-from tests.e2e.fakerouter import FakeRouter, endpointslice, service
+from router_controller_dev.fakerouter import FakeRouter, endpointslice, service
 from tests.e2e.support import wait_for
 from tests.unit.fakeclock import FakeClock
 

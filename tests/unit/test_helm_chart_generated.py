@@ -6,7 +6,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from router_controller_dev import repo
+
+REPO = repo.root()
 
 
 def test_the_tracked_chart_is_generated_from_config() -> None:

@@ -7,7 +7,9 @@ import os
 import subprocess
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from router_controller_dev import repo
+
+REPO = repo.root()
 KUBEBUILDER_TARGETS = (
     "help", "run", "test", "lint", "install", "uninstall", "deploy", "undeploy",
     "build-installer", "docker-build", "docker-push", "manifests", "bench",

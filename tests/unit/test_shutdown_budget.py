@@ -10,15 +10,15 @@ held to the grace period too. The real stop is exercised in tests/e2e/test_shutd
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from router_controller.cli import settings_from
 from router_controller.manager import shutdown_budget
+from router_controller_dev import repo
 
-MANIFEST = Path(__file__).resolve().parents[2] / "config" / "manager" / "manager.yaml"
+MANIFEST = repo.root() / "config" / "manager" / "manager.yaml"
 MARGIN = 5.0  # seconds for the interpreter to exit after the release
 
 

@@ -1,16 +1,16 @@
-"""Routers that misbehave on purpose, for the tests of the operator's probing defences.
+"""Routers that misbehave on purpose, for the operator's probing defences and ``make bench``.
 
-:class:`~tests.e2e.fakerouter.FakeRouter` stands for a real router and answers like
-one. These stand for what a tenant can put behind a Service instead: a server that
+:class:`~router_controller_dev.fakerouter.FakeRouter` stands for a real router and
+answers like one. These stand for what a tenant can put behind a Service instead: a server that
 accepts the connection and never answers, one that answers a byte at a time, one
 whose ``/health`` body is tens of MiB, one whose answer is JSON with a ``status``
 of any length. They are plain asyncio TCP servers that write their HTTP answer by
 hand, so nothing in an HTTP library trims or rejects what they send.
 
-Each listens on this machine's own address (as :func:`~tests.e2e.fakerouter.host_address`
-finds it) unless given another, counts connections, and is exposed as a Service by
-:func:`expose_at` (a Service plus one EndpointSlice per server, as the fake router's
-``expose`` does).
+Each listens on this machine's own address (as
+:func:`~router_controller_dev.fakerouter.host_address` finds it) unless given
+another, counts connections, and is exposed as a Service by :func:`expose_at` (a
+Service plus one EndpointSlice per server, as the fake router's ``expose`` does).
 Every server stops when its ``async with`` block ends and closes what it still holds.
 """
 
@@ -19,12 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from pathlib import Path
 
 from router_controller.kube import ENDPOINTSLICES, SERVICES, Kube, Object
-from tests.e2e.fakerouter import endpointslice, host_address, service
-
-MIB = 1024 * 1024
+from router_controller_dev.fakerouter import endpointslice, host_address, service
+from router_controller_dev.procstat import MIB
 
 
 class HostileRouter:
@@ -40,11 +38,20 @@ class HostileRouter:
         self._handlers: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> HostileRouter:
-        self._server = await asyncio.start_server(self._handle, self.host, 0)
-        self.port = int(self._server.sockets[0].getsockname()[1])
+        await self.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> int:
+        """Listen on a free port; the port."""
+        self._server = await asyncio.start_server(self._handle, self.host, 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop listening and let go of every connection still held."""
         if self._server is not None:
             self._server.close()
         for task in list(self._handlers):
@@ -162,7 +169,7 @@ async def expose_at(
 ) -> Object:
     """A selector-less Service ``name`` with one EndpointSlice per (host, port).
 
-    Like :func:`tests.e2e.fakerouter.expose`, for any server (or none: a port nothing
+    Like :func:`~router_controller_dev.fakerouter.expose`, for any server (or none: a port nothing
     listens on); the slices are created first, ``concurrency`` at a time.
     """
     limit = asyncio.Semaphore(concurrency)
@@ -177,21 +184,3 @@ async def expose_at(
             group.create_task(create(index, host, port))
     target = endpoints[0][1] if endpoints else 8000
     return await kube.create(SERVICES.path(namespace), service(namespace, name, target))
-
-
-# -- a process's memory ----------------------------------------------------------------
-
-
-def memory_kib(pid: int) -> dict[str, int]:
-    """``VmRSS`` and ``VmHWM`` (peak RSS) of a process, in KiB, from ``/proc``."""
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            out[name] = int(value.split()[0])
-    return out
-
-
-def reset_peak(pid: int) -> None:
-    """Start ``VmHWM`` afresh from the current RSS (Linux ``clear_refs`` value 5)."""
-    Path(f"/proc/{pid}/clear_refs").write_text("5")

@@ -1,9 +1,10 @@
-"""A stand-in for vllm_router's ``/health``, and how tests expose it the Kubernetes way.
+"""The stand-in for vllm_router: its ``/health``, and how it is exposed the Kubernetes way.
 
-No kubelet runs in tests, so no router Pod ever starts. :class:`FakeRouter` is a
-real aiohttp server on a free port of this machine that answers ``GET /health`` as
-vllm_router does: ``{"status": "healthy", "dynamic_config": {...}}`` with all 17
-fields of the configuration it runs (the ones its file did not set as null, or the
+No kubelet runs in tests, ``make run`` or ``make bench``, so no router Pod ever starts.
+:class:`FakeRouter` is a real aiohttp server on a free port of this machine that
+answers ``GET /health`` as vllm_router does:
+``{"status": "healthy", "dynamic_config": {...}}`` with all 17 fields of the
+configuration it runs (the ones its file did not set as null, or the
 router's defaults for the three backend health-check fields). A test "loads" a
 file into it the way the router re-reads its mounted ConfigMap, and can make it
 fail, hang, refuse connections or answer badly.
@@ -11,15 +12,18 @@ fail, hang, refuse connections or answer badly.
 :func:`expose` makes routers reachable as a Kubernetes Service: a Service without
 selector plus one EndpointSlice per replica (all replicas share one address and
 differ by port, and an EndpointSlice has one port list for all its endpoints).
+:func:`standing_in` is what ``make run`` shows: a router on a loopback cluster IP
+that re-reads the StaticRoute's ConfigMap as the real one re-reads its mounted file.
 
 The address is this machine's own non-loopback IPv4 address, not 127.0.0.1: the
 API server refuses EndpointSlice addresses in 127.0.0.0/8 ("may not be in the
 loopback range"), as it refuses link-local ones. A machine's own address is
 reached through the loopback interface all the same, and the servers listen on
-that address only.
+that address only. It is the first address of an interface (``SIOCGIFADDR``,
+netdevice(7)), the kernel's documented answer to "this interface's address".
 
 What it does with a file follows vllm_router's ``DynamicConfigWatcher.reconfigure_all``
-(see the table in ``router_controller/routerconfig.py``; ``make router-conformance``
+(see the table in ``router_controller.routerconfig``; ``make router-conformance``
 checks the same against the real router): a file the router refuses leaves ``/health``
 on the previous config; one that fails after the service discovery was swapped (an
 invalid or unbuildable routing logic, ``session`` without ``session_key``) is *half
@@ -34,6 +38,7 @@ does the same without HTTP. :meth:`boot` is the router's start-up on a file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import functools
 import ipaddress
@@ -41,13 +46,15 @@ import json
 import re
 import socket
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import aiohttp
 from aiohttp import web
 
-from router_controller.kube import ENDPOINTSLICES, SERVICES, Kube, Object
+from router_controller.api import CONFIG_KEY
+from router_controller.kube import CONFIGMAPS, ENDPOINTSLICES, SERVICES, ApiError, Kube, Object
 
 # The fields of vllm_router's DynamicRouterConfig, as its /health shows them. Written out
 # here rather than imported from routerconfig: the fake stands for the real router, so a
@@ -105,6 +112,13 @@ LOAD_ERROR = "DynamicConfigWatcher: Error loading config file: "
 NO_NAMESPACE = "Missing the required parameter `namespace` when calling `list_namespaced_pod`"
 
 _SIOCGIFADDR = 0x8915  # Linux: an interface's IPv4 address
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+RELOAD_SECONDS = 10.0  # vllm_router re-reads its dynamic config file this often
+
+
+def shown_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``/health`` shows for a loaded file: every field, unset ones null or defaulted."""
+    return {key: config.get(key, ROUTER_DEFAULTS.get(key)) for key in ROUTER_FIELDS}
 
 
 class _LoadError(Exception):
@@ -192,8 +206,9 @@ Mode = Literal["healthy", "error", "hang", "not-json", "no-dynamic-config"]
 class FakeRouter:
     """One router replica's HTTP server; use as ``async with FakeRouter() as router``."""
 
-    def __init__(self, *, host: str | None = None) -> None:
+    def __init__(self, *, host: str | None = None, backlog: int = 128) -> None:
         self.host = host or host_address()  # 127.0.0.1 will do where no EndpointSlice is made
+        self.backlog = backlog  # pending connections; more for many probes at once
         self.mode: Mode = "healthy"
         self.error_status = 503
         self.requests = 0  # GET /health received, answered or not
@@ -220,11 +235,19 @@ class FakeRouter:
         self._site: web.TCPSite | None = None
 
     async def __aenter__(self) -> FakeRouter:
-        await self._runner.setup()
-        await self.accept()
+        await self.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> int:
+        """Listen on a free port; the port."""
+        await self._runner.setup()
+        await self.accept()
+        return self._port
+
+    async def stop(self) -> None:
         await self.close()
 
     @property
@@ -245,7 +268,7 @@ class FakeRouter:
     @property
     def dynamic_config(self) -> dict[str, Any]:
         """What its /health shows: every field, unset ones null or the router's default."""
-        return {key: self._config.get(key, ROUTER_DEFAULTS.get(key)) for key in ROUTER_FIELDS}
+        return shown_config(self._config)
 
     def load(self, config: dict[str, Any]) -> bool:
         """Run ``config``, as the router does when its file changed; False if it refused.
@@ -265,7 +288,7 @@ class FakeRouter:
             for required in ("service_discovery", "routing_logic"):
                 if required not in config:
                     raise _LoadError(f"missing 1 required positional argument: '{required}'")
-            if self._config and self.dynamic_config == self._shown(config):
+            if self._config and self.dynamic_config == shown_config(config):
                 return True  # unchanged: the router does nothing
             self.discovery = Discovery.build(config)
             _check_routing_logic(config)
@@ -274,9 +297,6 @@ class FakeRouter:
             return False
         self._config = dict(config)
         return True
-
-    def _shown(self, config: Mapping[str, Any]) -> dict[str, Any]:
-        return {key: config.get(key, ROUTER_DEFAULTS.get(key)) for key in ROUTER_FIELDS}
 
     async def boot(self, config: dict[str, Any]) -> bool:
         """Start as the router does on ``--dynamic-config-json`` alone; False if it dies.
@@ -374,7 +394,9 @@ class FakeRouter:
     async def accept(self) -> None:
         """Listen (again) on its port; the first call picks a free port."""
         if self._site is None:
-            self._site = web.TCPSite(self._runner, self.host, self._port, reuse_address=True)
+            self._site = web.TCPSite(
+                self._runner, self.host, self._port, reuse_address=True, backlog=self.backlog
+            )
             await self._site.start()
             self._port = self._site.port
 
@@ -418,7 +440,7 @@ def endpointslice(namespace: str, service: str, index: int, address: str, port: 
         "metadata": {
             "name": f"{service}-{index}",
             "namespace": namespace,
-            "labels": {"kubernetes.io/service-name": service},
+            "labels": {SERVICE_NAME_LABEL: service},
         },
         "addressType": "IPv4",
         "endpoints": [{"addresses": [address], "conditions": {"ready": True}}],
@@ -465,3 +487,99 @@ async def expose(
         await add_replica(kube, namespace, name, index, router)
     target = routers[0].port if routers else 8000
     return await kube.create(SERVICES.path(namespace), service(namespace, name, target, labels))
+
+
+# -- following a ConfigMap, as the kubelet and the router do ----------------------------
+
+
+async def follow_configmap(
+    router: FakeRouter,
+    *,
+    kube: Kube,
+    namespace: str,
+    name: str,
+    every: float = RELOAD_SECONDS,
+    report: Callable[[str], None] | None = None,
+) -> None:
+    """Load the ConfigMap's file into ``router`` every ``every`` seconds, until cancelled.
+
+    That is the kubelet refreshing the mounted file and the router re-reading it; like
+    the router, a file it refuses leaves the previous config. ``report`` hears about
+    every file that changed: loaded, or refused and why.
+    """
+    where = f"ConfigMap {namespace}/{name}"
+    last: str | None = None
+    while True:
+        try:
+            cm = await kube.get(CONFIGMAPS.path(namespace, name))
+        except (ApiError, aiohttp.ClientError, TimeoutError):
+            cm = None  # not written yet (or the plane is going away): keep the config
+        text = ((cm or {}).get("data") or {}).get(CONFIG_KEY)
+        if text is not None and text != last:
+            last = text
+            errors = len(router.load_errors)
+            if router.load_file(text):
+                message = f"loaded {CONFIG_KEY} from {where}: {json.dumps(json.loads(text))}"
+            else:
+                why = router.load_errors[errors:] or [f"{CONFIG_KEY} is not a JSON object"]
+                message = f"{where}: {why[-1]}; keeping the old config"
+            if report is not None:
+                report(message)
+        await asyncio.sleep(every)
+
+
+def cluster_ip_service(name: str, namespace: str, address: str, port: int) -> Object:
+    """A selector-less Service whose cluster IP and port are a router's own.
+
+    On a plane with a loopback Service range the Service's cluster IP can be the router
+    itself, the way kube-proxy would route it in a cluster, and the operator probes it
+    as its fallback when there is no EndpointSlice. (An EndpointSlice cannot point at
+    a loopback address: the API server refuses it.)
+    """
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/name": name},
+        },
+        "spec": {
+            "clusterIP": address,
+            "ports": [{"name": "http", "port": port, "targetPort": port, "protocol": "TCP"}],
+        },
+    }
+
+
+@contextlib.asynccontextmanager
+async def standing_in(
+    kube: Kube,
+    namespace: str,
+    *,
+    service: str,
+    configmap: str,
+    address: str,
+    every: float = RELOAD_SECONDS,
+    report: Callable[[str], None] | None = None,
+) -> AsyncIterator[FakeRouter]:
+    """A router behind Service ``service`` on cluster IP ``address``, serving ``configmap``.
+
+    The plane must give Services loopback cluster IPs (``address`` is one of them).
+    The router follows the ConfigMap (:func:`follow_configmap`) until the block ends.
+    """
+    async with FakeRouter(host=address) as router:
+        await kube.create(
+            SERVICES.path(namespace), cluster_ip_service(service, namespace, address, router.port)
+        )
+        follow = asyncio.create_task(
+            follow_configmap(
+                router, kube=kube, namespace=namespace, name=configmap, every=every, report=report
+            ),
+            name=f"stand-in router following {namespace}/{configmap}",
+        )
+        try:
+            yield router
+        finally:
+            follow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follow

@@ -14,18 +14,14 @@ references and namespace deletion behave as in a cluster. Children are tied to t
 process (``PR_SET_PDEATHSIG``): nothing outlives it. They run in their own process
 group, so a terminal's Ctrl-C reaches only this process, which stops them in order.
 
-``python -m router_controller.envtest`` starts one and waits; ``make cluster`` uses it.
+``python -m router_controller_dev.envtest`` starts one and waits; ``make cluster`` uses it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import datetime
-import ipaddress
 import json
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -40,15 +36,16 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
-_REPO_ROOT = Path(__file__).resolve().parents[2]
-_BUILD_SCRIPT = _REPO_ROOT / "hack" / "build-control-plane.sh"
-_PR_SET_PDEATHSIG = 1
+from router_controller_dev import prom, repo
+from router_controller_dev.pki import serving_cert, write_private_key
+from router_controller_dev.processes import die_with_parent
+
+CRD_NAME = "staticroutes.production-stack.vllm.ai"
 
 
 class ControlPlaneError(RuntimeError):
@@ -66,16 +63,16 @@ def find_binaries() -> Path:
             f"KUBEBUILDER_ASSETS={assets} does not hold kube-apiserver and etcd; "
             "unset it to build the control plane from source"
         )
-    if not _BUILD_SCRIPT.exists():
+    try:
+        script = repo.root() / "hack" / "build-control-plane.sh"
+    except repo.RepoNotFound as err:
         raise ControlPlaneError(
-            "no control plane binaries: set KUBEBUILDER_ASSETS to a folder with "
-            "kube-apiserver, kube-controller-manager and etcd"
-        )
-    result = subprocess.run(
-        ["bash", str(_BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True, check=False
-    )
+            f"no control plane binaries: set KUBEBUILDER_ASSETS to a folder with "
+            f"kube-apiserver, kube-controller-manager and etcd ({err})"
+        ) from err
+    result = subprocess.run(["bash", str(script)], stdout=subprocess.PIPE, text=True, check=False)
     if result.returncode != 0:
-        raise ControlPlaneError(f"{_BUILD_SCRIPT} failed (exit {result.returncode}); see above")
+        raise ControlPlaneError(f"{script} failed (exit {result.returncode}); see above")
     return Path(result.stdout.strip().splitlines()[-1])
 
 
@@ -86,65 +83,18 @@ def free_port() -> int:
         return port
 
 
-def die_with_parent() -> None:
-    """In a child before exec: get SIGKILL when the parent exits (Linux)."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _write_pem_key(path: Path, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> None:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-
-
-def _serving_cert(folder: Path) -> None:
-    """A self-signed CA and a loopback serving certificate signed by it."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "envtest-ca")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=7))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=7))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName("localhost"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                    x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
-                ]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    (folder / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    _write_pem_key(folder / "ca.key", ca_key)  # tests sign client certificates with it
-    (folder / "apiserver.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_pem_key(folder / "apiserver.key", key)
+def _control_plane_pki(folder: Path) -> None:
+    """The API server's CA and serving certificate, and the ServiceAccount signing key."""
+    serving_cert(
+        folder,
+        name="apiserver",
+        ca_name="envtest-ca",
+        common_name="kube-apiserver",
+        dns_names=("localhost",),
+        ips=("127.0.0.1", "10.0.0.1"),
+    )  # tests sign client certificates with its ca.key
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    _write_pem_key(folder / "sa.key", sa_key)
+    write_private_key(folder / "sa.key", sa_key)
     (folder / "sa.pub").write_bytes(
         sa_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -152,8 +102,23 @@ def _serving_cert(folder: Path) -> None:
     )
 
 
-def kubeconfig_text(server: str, ca_file: Path, token: str, user: str = "admin") -> str:
-    """A kubeconfig (JSON is valid YAML) for ``server`` authenticating with ``token``."""
+def kubeconfig_text(
+    server: str,
+    ca_file: Path,
+    token: str | None = None,
+    user: str = "admin",
+    *,
+    credentials: dict[str, Any] | None = None,
+    **cluster: Any,
+) -> str:
+    """A kubeconfig (JSON is valid YAML) for ``server``.
+
+    The user authenticates with ``token``, or with ``credentials`` (a kubeconfig
+    ``user`` entry: ``tokenFile``, ``exec``, client certificates...); ``cluster`` adds
+    fields to the cluster entry (``proxy-url``, ...).
+    """
+    if (token is None) == (credentials is None):
+        raise ValueError("give either a token or credentials")
     return json.dumps(
         {
             "apiVersion": "v1",
@@ -161,10 +126,10 @@ def kubeconfig_text(server: str, ca_file: Path, token: str, user: str = "admin")
             "clusters": [
                 {
                     "name": "envtest",
-                    "cluster": {"server": server, "certificate-authority": str(ca_file)},
+                    "cluster": {"server": server, "certificate-authority": str(ca_file), **cluster},
                 }
             ],
-            "users": [{"name": user, "user": {"token": token}}],
+            "users": [{"name": user, "user": credentials or {"token": token}}],
             "contexts": [{"name": "envtest", "context": {"cluster": "envtest", "user": user}}],
             "current-context": "envtest",
         },
@@ -212,7 +177,7 @@ class ControlPlane:
     def start(self, *, controller_manager: bool = True, timeout: float = 60.0) -> None:
         pki = self.workdir / "pki"
         pki.mkdir(parents=True, exist_ok=True)
-        _serving_cert(pki)
+        _control_plane_pki(pki)
         (pki / "tokens.csv").write_text(f'{self.admin_token},admin,admin,"system:masters"\n')
         self.kubeconfig.write_text(kubeconfig_text(self.server, self.ca_file, self.admin_token))
         self._start_etcd()
@@ -389,14 +354,8 @@ class ControlPlane:
 
     def request_total(self, verbs: tuple[str, ...] = ("POST", "PUT", "PATCH", "DELETE")) -> int:
         """Sum of ``apiserver_request_total`` for the given verbs (the server's own count)."""
-        total = 0.0
-        for line in self.get("/metrics").decode().splitlines():
-            if not line.startswith("apiserver_request_total{"):
-                continue
-            labels, value = line.rsplit(" ", 1)
-            if any(f'verb="{verb}"' in labels for verb in verbs):
-                total += float(value)
-        return int(total)
+        samples = prom.samples(self.get("/metrics").decode(), ("apiserver_request_total",))
+        return int(sum(value for _, labels, value in samples if labels.get("verb") in verbs))
 
     def request_count(self, verb: str, resource: str, subresource: str = "") -> int:
         """``apiserver_request_total`` for one verb on one resource (and subresource).
@@ -405,15 +364,31 @@ class ControlPlane:
         of StaticRoutes, whatever their answer code, as the server saw them.
         """
         wanted = {"verb": verb, "resource": resource, "subresource": subresource}
-        total = 0.0
-        for line in self.get("/metrics").decode().splitlines():
-            if not line.startswith("apiserver_request_total{"):
-                continue
-            labels, value = line.rsplit(" ", 1)
-            found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels))
-            if all(found.get(k, "") == v for k, v in wanted.items()):
-                total += float(value)
-        return int(total)
+        samples = prom.samples(self.get("/metrics").decode(), ("apiserver_request_total",))
+        return int(
+            sum(
+                value
+                for _, labels, value in samples
+                if all(labels.get(k, "") == v for k, v in wanted.items())
+            )
+        )
+
+    def install_crds(self) -> None:
+        """Install the StaticRoute CRD from ``config/crd`` and wait until it is served."""
+        self.kubectl("apply", "--server-side", "-k", str(repo.root() / "config" / "crd"))
+        # "kubectl wait" fails outright while the new CRD has no conditions at all yet.
+        deadline = time.monotonic() + 60
+        while True:
+            done = self.kubectl(
+                "wait", "--for=condition=Established", f"crd/{CRD_NAME}", check=False
+            )
+            if done.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(
+                    f"the StaticRoute CRD is not Established: {done.stderr.strip()}"
+                )
+            time.sleep(0.2)
 
     def token_for(self, service_account: str, namespace: str, seconds: int = 3600) -> str:
         """Mint a token for a ServiceAccount with the TokenRequest API."""
@@ -423,7 +398,26 @@ class ControlPlane:
         return result.stdout.strip()
 
     def kubeconfig_for_token(self, token: str, path: Path, user: str = "user") -> Path:
-        path.write_text(kubeconfig_text(self.server, self.ca_file, token, user))
+        return self.write_kubeconfig(path, token=token, user=user)
+
+    def write_kubeconfig(
+        self,
+        path: Path,
+        *,
+        token: str | None = None,
+        credentials: dict[str, Any] | None = None,
+        user: str = "user",
+        server: str | None = None,
+        **cluster: Any,
+    ) -> Path:
+        """A kubeconfig for this plane (or ``server``, e.g. a relay in front of it) at ``path``.
+
+        See :func:`kubeconfig_text` for ``token``, ``credentials`` and ``cluster``.
+        """
+        text = kubeconfig_text(
+            server or self.server, self.ca_file, token, user, credentials=credentials, **cluster
+        )
+        path.write_text(text)
         return path
 
 
@@ -434,8 +428,12 @@ def running(
     workdir: Path | None = None,
     service_cidr: str = "10.0.0.0/24",
     apiserver_flags: tuple[str, ...] = (),
+    crds: bool = False,
 ) -> Iterator[ControlPlane]:
-    """Start a control plane in a temporary folder; stop it and remove the folder on exit."""
+    """Start a control plane in a temporary folder; stop it and remove the folder on exit.
+
+    With ``crds``, the StaticRoute CRD is installed (and served) before it is handed out.
+    """
     binaries = find_binaries()
     own_dir = workdir is None
     folder = workdir or Path(tempfile.mkdtemp(prefix="envtest-"))
@@ -447,6 +445,8 @@ def running(
     )
     try:
         plane.start(controller_manager=controller_manager)
+        if crds:
+            plane.install_crds()
         yield plane
     finally:
         plane.stop()

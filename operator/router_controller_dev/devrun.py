@@ -6,13 +6,14 @@ A newcomer's first run should show the product working, with or without a cluste
   server, the operator runs against it in the foreground with console logs, as
   kubebuilder's ``make run`` does;
 - otherwise (or with ``--local``) this module starts the project's own control
-  plane (:mod:`router_controller.envtest`), installs the CRD, applies
-  ``config/samples`` to ``default``, and starts a stand-in for the sample's router:
-  an HTTP server on a loopback address that answers ``GET /health`` as vllm_router does, with
-  the ``dynamic_config`` it last read from the ConfigMap the operator wrote
-  (re-read periodically, as the real router re-reads its mounted file). A Service
-  without selector whose cluster IP is that address makes it reachable the
-  Kubernetes way, so the sample's ``routerRef`` resolves and its health is real.
+  plane (:mod:`router_controller_dev.envtest`), installs the CRD, applies
+  ``config/samples`` to ``default``, and starts the stand-in for the sample's router
+  (:func:`router_controller_dev.fakerouter.standing_in`): an HTTP server on a
+  loopback address that answers ``GET /health`` as vllm_router does, with the
+  ``dynamic_config`` it last read from the ConfigMap the operator wrote (re-read
+  periodically, as the real router re-reads its mounted file). A Service without
+  selector whose cluster IP is that address makes it reachable the Kubernetes way,
+  so the sample's ``routerRef`` resolves and its health is real.
 
 Either way the operator is the real command (``python -m router_controller``), with
 metrics on a loopback port over plain HTTP. Ctrl-C stops the operator, then the
@@ -24,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -34,26 +34,20 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import yaml
-from aiohttp import web
 
-from router_controller import envtest
-from router_controller.api import CONFIG_KEY
-from router_controller.kube import CONFIGMAPS, SERVICES, ApiError, Kube
+from router_controller.api import default_config_map_name
+from router_controller.kube import Kube
 from router_controller.metrics import Metrics
-from router_controller.routerconfig import ROUTER_DEFAULTS, ROUTER_KEYS
+from router_controller_dev import envtest, repo
+from router_controller_dev.fakerouter import RELOAD_SECONDS, standing_in
+from router_controller_dev.processes import die_with_parent
 
-REPO = Path(__file__).resolve().parents[2]
-SAMPLES = REPO / "config" / "samples"
-CRDS = REPO / "config" / "crd"
 SAMPLE_NAMESPACE = "default"
-CRD_NAME = "staticroutes.production-stack.vllm.ai"
-ROUTER_RELOAD_SECONDS = 10.0  # vllm_router re-reads its dynamic config file this often
 OPERATOR_STOP_TIMEOUT = 45.0
-# The local plane's Service cluster IPs are loopback addresses (see router_service).
+# The local plane's Service cluster IPs are loopback addresses (see fakerouter.standing_in).
 SERVICE_CIDR = "127.0.100.0/24"
 # In the range's lower band, which the API server keeps for fixed cluster IPs and
 # gives out automatically only when the rest is used up: no other Service takes it.
@@ -134,90 +128,7 @@ def operator_command(
     return [*command, *ports.flags(), *extra]
 
 
-# -- the stand-in router ---------------------------------------------------------------
-
-
-class StandInRouter:
-    """Answers ``/health`` like vllm_router, serving what it read from a ConfigMap.
-
-    Like the real router, it keeps its previous configuration when the file is
-    missing, is not JSON, or holds a key the router does not know.
-    """
-
-    def __init__(
-        self,
-        *,
-        kube: Kube,
-        namespace: str,
-        configmap: str,
-        address: str = "127.0.0.1",
-        reload_seconds: float = ROUTER_RELOAD_SECONDS,
-    ) -> None:
-        self.address = address
-        self._kube = kube
-        self._namespace = namespace
-        self._configmap = configmap
-        self._reload = reload_seconds
-        self._loaded: dict[str, Any] = {}
-        self._runner: web.AppRunner | None = None
-        self.port = 0
-
-    def dynamic_config(self) -> dict[str, Any]:
-        """All 17 fields, as the router reports them: unset ones null or defaulted."""
-        shown: dict[str, Any] = dict.fromkeys(sorted(ROUTER_KEYS))
-        shown.update(ROUTER_DEFAULTS)
-        shown.update(self._loaded)
-        return shown
-
-    async def _health(self, _request: web.Request) -> web.Response:
-        return web.json_response({"status": "healthy", "dynamic_config": self.dynamic_config()})
-
-    async def start(self) -> int:
-        app = web.Application()
-        app.router.add_get("/health", self._health)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.address, 0)
-        await site.start()
-        sockets = getattr(site._server, "sockets", None) or []
-        self.port = int(sockets[0].getsockname()[1])
-        return self.port
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def reload_forever(self) -> None:
-        """Re-read the ConfigMap every ``reload_seconds``, as the router re-reads its file."""
-        while True:
-            await self.reload()
-            await asyncio.sleep(self._reload)
-
-    async def reload(self) -> None:
-        where = f"ConfigMap {self._namespace}/{self._configmap}"
-        try:
-            cm = await self._kube.get(CONFIGMAPS.path(self._namespace, self._configmap))
-        except (ApiError, aiohttp.ClientError, TimeoutError):
-            return  # not written yet (or the plane is going away): keep the current config
-        text = (cm.get("data") or {}).get(CONFIG_KEY)
-        try:
-            parsed = json.loads(text) if text is not None else None
-        except ValueError:
-            parsed = None
-        if not isinstance(parsed, dict):
-            say(f"stand-in router: {where} has no valid {CONFIG_KEY}; keeping the old config")
-            return
-        unknown = sorted(set(parsed) - ROUTER_KEYS)
-        if unknown:
-            say(f"stand-in router: {where} has unknown keys {unknown}; keeping the old config")
-            return
-        if parsed != self._loaded:
-            self._loaded = parsed
-            say(f"stand-in router: loaded {CONFIG_KEY} from {where}: {json.dumps(parsed)}")
-
-
-# -- the sample and the router's Service -----------------------------------------------
+# -- the sample ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -229,7 +140,8 @@ class Sample:
 
 def read_sample() -> Sample:
     """The sample StaticRoute's name, router Service and ConfigMap name."""
-    for path in sorted(SAMPLES.glob("*.yaml")):
+    samples = repo.root() / "config" / "samples"
+    for path in sorted(samples.glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
             if not isinstance(doc, dict) or doc.get("kind") != "StaticRoute":
                 continue
@@ -239,31 +151,9 @@ def read_sample() -> Sample:
             return Sample(
                 name=name,
                 router_service=ref.get("name") or "vllm-router",
-                configmap=spec.get("configMapName") or f"{name}-config",
+                configmap=spec.get("configMapName") or default_config_map_name(name),
             )
-    raise envtest.ControlPlaneError(f"no StaticRoute in {SAMPLES}")
-
-
-def router_service(name: str, namespace: str, address: str, port: int) -> dict[str, Any]:
-    """A selector-less Service whose cluster IP and port are the stand-in router's.
-
-    The local plane hands out cluster IPs from a loopback range, so the Service's
-    cluster IP is the router itself, the way kube-proxy would route it in a cluster.
-    (An EndpointSlice cannot point at a loopback address: the API server refuses it.)
-    """
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "make-run"},
-        },
-        "spec": {
-            "clusterIP": address,
-            "ports": [{"name": "http", "port": port, "targetPort": port, "protocol": "TCP"}],
-        },
-    }
+    raise envtest.ControlPlaneError(f"no StaticRoute in {samples}")
 
 
 # -- running ---------------------------------------------------------------------------
@@ -308,57 +198,54 @@ async def _serve_local(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     kube = await Kube.connect(kubeconfig=str(plane.kubeconfig), metrics=Metrics(process=False))
-    router = StandInRouter(
-        kube=kube,
-        namespace=SAMPLE_NAMESPACE,
-        configmap=sample.configmap,
-        address=ROUTER_ADDRESS,
-        reload_seconds=reload_seconds,
-    )
-    reloads: asyncio.Task[None] | None = None
     try:
-        port = await router.start()
-        await kube.create(
-            SERVICES.path(SAMPLE_NAMESPACE),
-            router_service(sample.router_service, SAMPLE_NAMESPACE, router.address, port),
-        )
-        say(
-            f"stand-in router for Service {SAMPLE_NAMESPACE}/{sample.router_service} "
-            f"listens on http://{router.address}:{port}/health"
-        )
-        reloads = asyncio.create_task(router.reload_forever(), name="stand-in router reload")
-        ports = OperatorPorts(metrics=loopback_port(8080), health=loopback_port(8081))
-        command = operator_command(plane.kubeconfig, ports, extra)
-        say("starting the operator: " + " ".join(command[1:]))
-        # Its own process group: a Ctrl-C reaches only this process, which stops the
-        # operator (once), then the router and the plane, in that order.
-        operator = await asyncio.create_subprocess_exec(
-            *command,
-            stdin=subprocess.DEVNULL,
-            process_group=0,
-            preexec_fn=envtest.die_with_parent,
-        )
-        try:
-            if await _wait_ready(ports, operator, stop):
-                _print_next_steps(plane.kubeconfig, ports, sample)
-            exited = asyncio.create_task(operator.wait(), name="operator exit")
-            stopping = asyncio.create_task(stop.wait(), name="stop")
-            await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            stopping.cancel()
-            if operator.returncode is not None:
-                say(f"the operator exited with code {operator.returncode}")
-            else:
-                say("stopping the operator, the stand-in router and the control plane")
-        finally:
-            code = await _stop_operator(operator)
-        return code
+        async with standing_in(
+            kube,
+            SAMPLE_NAMESPACE,
+            service=sample.router_service,
+            configmap=sample.configmap,
+            address=ROUTER_ADDRESS,
+            every=reload_seconds,
+            report=lambda message: say(f"stand-in router: {message}"),
+        ) as router:
+            say(
+                f"stand-in router for Service {SAMPLE_NAMESPACE}/{sample.router_service} "
+                f"listens on {router.url}"
+            )
+            return await _run_operator(plane, extra, sample, stop)
     finally:
-        if reloads is not None:
-            reloads.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reloads
-        await router.stop()
         await kube.close()
+
+
+async def _run_operator(
+    plane: envtest.ControlPlane, extra: Sequence[str], sample: Sample, stop: asyncio.Event
+) -> int:
+    """Run the operator until it exits or ``stop`` is set; its exit code."""
+    ports = OperatorPorts(metrics=loopback_port(8080), health=loopback_port(8081))
+    command = operator_command(plane.kubeconfig, ports, extra)
+    say("starting the operator: " + " ".join(command[1:]))
+    # Its own process group: a Ctrl-C reaches only this process, which stops the
+    # operator (once), then the router and the plane, in that order.
+    operator = await asyncio.create_subprocess_exec(
+        *command,
+        stdin=subprocess.DEVNULL,
+        process_group=0,
+        preexec_fn=die_with_parent,
+    )
+    try:
+        if await _wait_ready(ports, operator, stop):
+            _print_next_steps(plane.kubeconfig, ports, sample)
+        exited = asyncio.create_task(operator.wait(), name="operator exit")
+        stopping = asyncio.create_task(stop.wait(), name="stop")
+        await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if operator.returncode is not None:
+            say(f"the operator exited with code {operator.returncode}")
+        else:
+            say("stopping the operator, the stand-in router and the control plane")
+    finally:
+        code = await _stop_operator(operator)
+    return code
 
 
 def _print_next_steps(kubeconfig: Path, ports: OperatorPorts, sample: Sample) -> None:
@@ -386,11 +273,10 @@ def run_local(extra: Sequence[str], reload_seconds: float) -> int:
         "starting a local control plane (etcd, kube-apiserver, kube-controller-manager); "
         "the first run builds it from source, 5-20 minutes"
     )
-    with envtest.running(service_cidr=SERVICE_CIDR) as plane:
+    samples = repo.root() / "config" / "samples"
+    with envtest.running(service_cidr=SERVICE_CIDR, crds=True) as plane:
         say(f"control plane ready at {plane.server}")
-        plane.kubectl("apply", "--server-side", "-k", str(CRDS))
-        plane.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}")
-        applied = plane.kubectl("apply", "-n", SAMPLE_NAMESPACE, "-k", str(SAMPLES))
+        applied = plane.kubectl("apply", "-n", SAMPLE_NAMESPACE, "-k", str(samples))
         for line in applied.stdout.splitlines():
             say(f"{line} (namespace {SAMPLE_NAMESPACE})")
         return asyncio.run(_serve_local(plane, extra, reload_seconds))
@@ -415,7 +301,7 @@ def run_against_cluster(where: str, extra: Sequence[str]) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m router_controller.devrun",
+        prog="python -m router_controller_dev.devrun",
         description="Run the operator from source: against the current kubeconfig's cluster, "
         "or, when there is none, against a local control plane with the sample StaticRoute "
         "and a stand-in router. Other arguments are passed to the operator.",
@@ -428,7 +314,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--router-reload-seconds",
         type=float,
-        default=ROUTER_RELOAD_SECONDS,
+        default=RELOAD_SECONDS,
         help="how often the stand-in router re-reads its ConfigMap (default 10, as vllm_router)",
     )
     return p
@@ -446,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return run_against_cluster(where, extra)
             say(f"no cluster: {where}")
         return run_local(extra, args.router_reload_seconds)
-    except envtest.ControlPlaneError as err:
+    except (envtest.ControlPlaneError, repo.RepoNotFound) as err:
         say(f"error: {err}")
         return 1
     except KeyboardInterrupt:

@@ -1,7 +1,7 @@
 """What the kernel says about a process: CPU time and memory, read from ``/proc``.
 
-The benchmark reports the operator's own cost, measured from outside the process so
-that measuring does not add to it: CPU seconds are ``utime + stime`` from
+The benchmark and the tests read the operator's own cost from outside the process,
+so that measuring does not add to it: CPU seconds are ``utime + stime`` from
 ``/proc/PID/stat``, memory is ``VmHWM`` (the peak resident set) and ``VmRSS`` from
 ``/proc/PID/status``.
 """
@@ -44,3 +44,8 @@ def cores() -> dict[str, int]:
 
 def load_average() -> tuple[float, float, float]:
     return os.getloadavg()
+
+
+def reset_peak(pid: int) -> None:
+    """Start ``VmHWM`` afresh from the current RSS (Linux ``clear_refs`` value 5)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")

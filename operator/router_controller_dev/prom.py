@@ -1,8 +1,10 @@
 """Reading Prometheus text: the API server's request counts and the operator's metrics.
 
-Writes are counted from the API server's own ``apiserver_request_total``, split by
-resource and verb, not from the operator's client-side counter: the server's count
-cannot miss a request the operator forgot to count. Only the series the benchmark
+The benchmark and :class:`~router_controller_dev.processes.OperatorProcess` read
+``/metrics`` of the operator and of the API server with these. Writes are counted
+from the API server's own ``apiserver_request_total``, split by resource and verb,
+not from the operator's client-side counter: the server's count cannot miss a
+request the operator forgot to count. Only the series the benchmark
 needs are parsed, so a multi-megabyte scrape of the API server stays cheap.
 """
 
