@@ -21,20 +21,20 @@ from typing import Any
 from bench import prom
 from bench.harness import CONFIGMAP_READY, Harness, per_object
 from bench.operator_process import OperatorProcess, die_with_parent
-from bench.procstat import cpu_seconds
 from bench.workload import ConditionWatch, create_namespace, load, route_name
 
 LOADER_WRITE = "POST staticroutes"
 
 
 async def converge(
-    h: Harness, namespace: str, count: int, pid: Callable[[], int]
+    h: Harness, namespace: str, count: int, cpu: Callable[[], float]
 ) -> dict[str, Any]:
-    """Load ``count`` StaticRoutes and time them to ConfigMapReady; ``pid`` does the work."""
+    """Load ``count`` StaticRoutes and time them to ConfigMapReady; ``cpu``: the CPU
+    seconds so far of the process doing the work."""
     await create_namespace(h.kube, namespace)
     watch = ConditionWatch(h.kube, namespace, (CONFIGMAP_READY,))
     await watch.start()
-    cpu_before = cpu_seconds(pid())
+    cpu_before = cpu()
     started = time.monotonic()
     load_seconds = await load(
         h.kube,
@@ -51,7 +51,7 @@ async def converge(
         "seconds": round(seconds, 3),
         "objects_per_second": round(count / seconds, 1),
         "load_seconds": round(load_seconds, 3),
-        "cpu_seconds": cpu_seconds(pid()) - cpu_before,
+        "cpu_seconds": cpu() - cpu_before,
         "writes_converged": writes_converged,
     }
 
@@ -63,7 +63,7 @@ async def converge_operator(
     writes_before = await h.writes()
     process = await h.start_operator(namespace)
     try:
-        run = await converge(h, namespace, count, lambda: process.pid)
+        run = await converge(h, namespace, count, process.cpu_seconds)
         await process.wait_idle()
         _writes_per_object(run, writes_before, await h.writes(), count)
     except BaseException:
@@ -92,7 +92,9 @@ async def converge_floor(h: Harness, namespace: str, count: int) -> dict[str, An
         if not line or line[0] != "ready":
             raise RuntimeError(f"floor client did not start: {line!r}")
         cpu_at_start = float(line[1])
-        run = await converge(h, namespace, count, lambda: proc.pid)
+        # The floor counts its own CPU (below): it may have exited by the time the
+        # last ConfigMapReady arrives here.
+        run = await converge(h, namespace, count, lambda: 0.0)
         out = (await proc.stdout.read()).decode()
         await asyncio.wait_for(proc.wait(), 60)
     finally:
