@@ -66,6 +66,9 @@ async def converge_operator(
         run = await converge(h, namespace, count, process.cpu_seconds)
         await process.wait_idle()
         _writes_per_object(run, writes_before, await h.writes(), count)
+        # More than one means reconciles the watch events of its own writes caused.
+        reconciles, _, _ = await process.queue_state()
+        run["reconciles_per_object"] = round(reconciles / count, 3)
     except BaseException:
         await process.close()
         raise
@@ -160,6 +163,10 @@ async def convergence(
                 r["writes_per_object_converging"] for r in runs[who]
             ),
         }
+        if who == "operator":
+            summary[who]["reconciles_per_object"] = statistics.median(
+                r["reconciles_per_object"] for r in runs[who]
+            )
     summary["ratio"] = round(summary["operator"]["seconds"] / summary["floor"]["seconds"], 3)
     h.results.setdefault("convergence", {})[str(count)] = summary
     return kept
