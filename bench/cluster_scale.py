@@ -169,7 +169,7 @@ async def converge_all_namespaces(
     async with h.operator() as process:
         ready = time.monotonic() - process.started_at
         h.progress(f"  {label}: ready in {ready:.1f}s; converging {s.staticroutes} StaticRoutes")
-        run = await converge(h, namespace, s.staticroutes, lambda: process.pid)
+        run = await converge(h, namespace, s.staticroutes, process.cpu_seconds)
         await process.wait_idle(stable=2.0)
         memory = process.memory()
     out = {

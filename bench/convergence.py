@@ -22,19 +22,19 @@ from bench.harness import CONFIGMAP_READY, Harness, per_object
 from bench.workload import ConditionWatch, create_namespace, load, route_name
 from router_controller_dev import prom
 from router_controller_dev.processes import OperatorProcess, die_with_parent
-from router_controller_dev.procstat import cpu_seconds
 
 LOADER_WRITE = "POST staticroutes"
 
 
 async def converge(
-    h: Harness, namespace: str, count: int, pid: Callable[[], int]
+    h: Harness, namespace: str, count: int, cpu: Callable[[], float]
 ) -> dict[str, Any]:
-    """Load ``count`` StaticRoutes and time them to ConfigMapReady; ``pid`` does the work."""
+    """Load ``count`` StaticRoutes and time them to ConfigMapReady; ``cpu``: the CPU
+    seconds so far of the process doing the work."""
     await create_namespace(h.kube, namespace)
     watch = ConditionWatch(h.kube, namespace, (CONFIGMAP_READY,))
     await watch.start()
-    cpu_before = cpu_seconds(pid())
+    cpu_before = cpu()
     started = time.monotonic()
     load_seconds = await load(
         h.kube,
@@ -51,7 +51,7 @@ async def converge(
         "seconds": round(seconds, 3),
         "objects_per_second": round(count / seconds, 1),
         "load_seconds": round(load_seconds, 3),
-        "cpu_seconds": cpu_seconds(pid()) - cpu_before,
+        "cpu_seconds": cpu() - cpu_before,
         "writes_converged": writes_converged,
     }
 
@@ -63,9 +63,12 @@ async def converge_operator(
     writes_before = await h.writes()
     process = await h.start_operator(namespace)
     try:
-        run = await converge(h, namespace, count, lambda: process.pid)
+        run = await converge(h, namespace, count, process.cpu_seconds)
         await process.wait_idle()
         _writes_per_object(run, writes_before, await h.writes(), count)
+        # More than one means reconciles the watch events of its own writes caused.
+        reconciles, _, _ = await process.queue_state()
+        run["reconciles_per_object"] = round(reconciles / count, 3)
     except BaseException:
         await process.close()
         raise
@@ -92,7 +95,9 @@ async def converge_floor(h: Harness, namespace: str, count: int) -> dict[str, An
         if not line or line[0] != "ready":
             raise RuntimeError(f"floor client did not start: {line!r}")
         cpu_at_start = float(line[1])
-        run = await converge(h, namespace, count, lambda: proc.pid)
+        # The floor counts its own CPU (below): it may have exited by the time the
+        # last ConfigMapReady arrives here.
+        run = await converge(h, namespace, count, lambda: 0.0)
         out = (await proc.stdout.read()).decode()
         await asyncio.wait_for(proc.wait(), 60)
     finally:
@@ -158,6 +163,10 @@ async def convergence(
                 r["writes_per_object_converging"] for r in runs[who]
             ),
         }
+        if who == "operator":
+            summary[who]["reconciles_per_object"] = statistics.median(
+                r["reconciles_per_object"] for r in runs[who]
+            )
     summary["ratio"] = round(summary["operator"]["seconds"] / summary["floor"]["seconds"], 3)
     h.results.setdefault("convergence", {})[str(count)] = summary
     return kept

@@ -75,7 +75,12 @@ def rows(results: dict[str, Any]) -> list[Row]:
             (
                 f"1 convergence N={n}",
                 f"{op['seconds']:.2f} s, {op['objects_per_second']:.0f} obj/s, "
-                f"{op['cpu_seconds_per_object'] * 1000:.2f} ms CPU/obj",
+                f"{op['cpu_seconds_per_object'] * 1000:.2f} ms CPU/obj"
+                + (
+                    f", {op['reconciles_per_object']:.2f} reconciles/obj"
+                    if "reconciles_per_object" in op
+                    else ""
+                ),
                 "",
                 "",
             )

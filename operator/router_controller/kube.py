@@ -53,6 +53,8 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.sslproto
+import collections
+import contextlib
 import datetime
 import email.utils
 import json
@@ -314,26 +316,38 @@ class Concurrency:
         self._clock = clock
         self._hold_until = -math.inf
         self._grown_at = -math.inf
-        self._changed = asyncio.Condition()
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     async def acquire(self) -> None:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.in_flight < int(self.limit))
-            self.in_flight += 1
+        while self.in_flight >= int(self.limit):
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+        self.in_flight += 1
 
     async def release(self, *, throttled: float | None) -> None:
         """Give the slot back; ``throttled``: the answer was a 429 (its Retry-After)."""
-        async with self._changed:
-            self.in_flight -= 1
-            now = self._clock.monotonic()
-            if throttled is not None:  # halve what was in flight, not a limit never reached
-                self.limit = max(1.0, min(self.limit, self.in_flight + 1) / 2)
-                self._hold_until = now + max(1.0, throttled)
-                self._grown_at = now
-            elif now >= self._hold_until and now - self._grown_at >= 1.0:
-                self.limit = min(self.maximum, self.limit + max(1.0, self.limit / 4))
-                self._grown_at = now
-            self._changed.notify_all()
+        self.release_now(throttled=throttled)
+
+    def release_now(self, *, throttled: float | None) -> None:
+        """:meth:`release` without an await, so that it cannot be cancelled half-way
+        and costs a finished request no trip through the event loop."""
+        self.in_flight -= 1
+        now = self._clock.monotonic()
+        if throttled is not None:  # halve what was in flight, not a limit never reached
+            self.limit = max(1.0, min(self.limit, self.in_flight + 1) / 2)
+            self._hold_until = now + max(1.0, throttled)
+            self._grown_at = now
+        elif now >= self._hold_until and now - self._grown_at >= 1.0:
+            self.limit = min(self.maximum, self.limit + max(1.0, self.limit / 4))
+            self._grown_at = now
+        for waiter in self._waiters:  # each looks again at the limit
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 class AuthHealth:
@@ -600,7 +614,7 @@ class Kube:
                     throttled = None
                     if status == 429:
                         throttled = self._retry_after(response.headers) or 1.0
-                    await asyncio.shield(gate.release(throttled=throttled))
+                    gate.release_now(throttled=throttled)
             if await self._answered(status, headers) and not refreshed:
                 refreshed = True
                 continue
@@ -704,16 +718,23 @@ class Kube:
 
 
 async def _lines(stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:
-    """Newline-delimited JSON lines, however long (readline() caps a line's length)."""
+    """Newline-delimited JSON lines, however long (readline() caps a line's length).
+
+    A read during a burst holds dozens of events: each line is cut out once, and the
+    rest of the read is not copied again for every line.
+    """
     buffer = b""
     async for chunk in stream.iter_any():
-        buffer += chunk
+        buffer = buffer + chunk if buffer else chunk
+        start = 0
         while True:
-            end = buffer.find(b"\n")
+            end = buffer.find(b"\n", start)
             if end < 0:
                 break
-            line, buffer = buffer[:end], buffer[end + 1 :]
+            line = buffer[start:end]
+            start = end + 1
             if line.strip():
                 yield line
+        buffer = buffer[start:] if start else buffer
     if buffer.strip():
         yield buffer

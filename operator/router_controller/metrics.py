@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import enum
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import (
@@ -33,9 +33,11 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
     disable_created_metrics,
+    generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 
 class ProbeOutcome(enum.StrEnum):
@@ -58,6 +60,9 @@ _PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 30, 60)
 
 RESULTS = ("success", "error", "requeue", "requeue_after")
+# Series per piece of the streamed condition exposition (about 100 bytes each).
+EXPOSITION_CHUNK = 500
+MAX_SHAPES = 256  # distinct sets of (condition type, status) shared between StaticRoutes
 CONDITION_STATUSES = ("True", "False", "Unknown")
 
 
@@ -271,6 +276,18 @@ class Metrics:
         """
         self.staticroute_condition.set(namespace, name, conditions)
 
+    def exposition(self) -> Exposition:
+        """What ``/metrics`` sends: the registry in the text format, in pieces.
+
+        The same text as ``generate_latest(registry)``, with the per-StaticRoute
+        condition series last and a few hundred at a time, so that a scrape holds one
+        piece of them, not the whole text three times over (lines, joined, encoded): at
+        5,000 StaticRoutes that was a 20 MiB peak and 0.4 s of CPU for every scrape.
+        """
+        conditions = self.staticroute_condition
+        rest = [m for m in self.registry.collect() if m.name != conditions.NAME]
+        return Exposition(generate_latest(_Collected(rest)), conditions.snapshot())
+
     def forget_staticroute(self, namespace: str, name: str) -> None:
         """Drop the series of a deleted StaticRoute so label sets stay bounded."""
         for result in ProbeOutcome:
@@ -278,6 +295,10 @@ class Metrics:
         _remove(self.probe_duration, namespace, name)
         _remove(self.routers_unhealthy, namespace, name)
         self.staticroute_condition.forget(namespace, name)
+
+
+# ((namespace, name), ((condition type, status), ...)) of every StaticRoute
+_Routes = list[tuple[tuple[str, str], tuple[tuple[str, str], ...]]]
 
 
 class ConditionCollector(Collector):
@@ -292,13 +313,18 @@ class ConditionCollector(Collector):
     def __init__(self) -> None:
         # (namespace, name) -> ((type, status), ...)
         self._routes: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
+        self._shapes: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
 
     def set(self, namespace: str, name: str, conditions: Iterable[Mapping[str, Any]]) -> None:
-        self._routes[(namespace, name)] = tuple(
+        shape = tuple(
             (sys.intern(str(c["type"])), sys.intern(str(c.get("status"))))
             for c in conditions
             if c.get("type")
         )
+        # Most StaticRoutes are in one of a few states: they share its tuple.
+        if len(self._shapes) >= MAX_SHAPES:
+            self._shapes.clear()
+        self._routes[(namespace, name)] = self._shapes.setdefault(shape, shape)
 
     def forget(self, namespace: str, name: str) -> None:
         self._routes.pop((namespace, name), None)
@@ -308,13 +334,94 @@ class ConditionCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         family = GaugeMetricFamily(self.NAME, self.HELP, labels=_CONDITION_LABELS)
-        for (namespace, name), conditions in list(self._routes.items()):
+        # Built as they are read: 10,000 StaticRoutes are 60,000 samples (some 20 MiB
+        # as a list), and whoever reads them (``generate_latest``) goes one by one.
+        family.samples = _LazySamples(self.NAME, self.snapshot())  # type: ignore[assignment]
+        return [family]
+
+    def snapshot(self) -> _Routes:
+        return list(self._routes.items())
+
+
+class Exposition:
+    """A scrape's text, made piece by piece from one snapshot, each time it is iterated.
+
+    ``len()`` is its size in bytes (a first pass that keeps nothing), so it can be
+    sent with a ``Content-Length`` and still never be held whole.
+    """
+
+    def __init__(self, head: bytes, routes: _Routes, *, chunk: int = EXPOSITION_CHUNK) -> None:
+        self._head = head
+        self._routes = routes
+        self._chunk = chunk
+
+    def __len__(self) -> int:
+        return sum(len(piece) for piece in self)
+
+    def __iter__(self) -> Iterator[bytes]:
+        """The other metrics (as ``generate_latest`` writes them), then the condition
+        series as it writes them too: labels sorted by name, values as Go writes floats."""
+        yield self._head
+        name = ConditionCollector.NAME
+        yield f"# HELP {name} {ConditionCollector.HELP}\n# TYPE {name} gauge\n".encode()
+        lines: list[str] = []
+        for (namespace, route), conditions in self._routes:
+            head = f'{name}{{namespace="{_escape(namespace)}",staticroute="{_escape(route)}",'
+            for type_, current in conditions:
+                tail = f'type="{_escape(type_)}"}} '
+                for status in CONDITION_STATUSES:
+                    value = "1.0" if status == current else "0.0"
+                    lines.append(f'{head}status="{status}",{tail}{value}\n')
+            if len(lines) >= self._chunk:
+                yield "".join(lines).encode()
+                lines.clear()
+        if lines:
+            yield "".join(lines).encode()
+
+
+class _Collected(Collector):
+    """Metric families already collected, as a collector ``generate_latest`` can read."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
+
+
+class _LazySamples:
+    """The condition series as ``Sample``s, made one at a time as they are iterated."""
+
+    def __init__(self, name: str, routes: _Routes) -> None:
+        self._name = name
+        self._routes = routes
+
+    def __iter__(self) -> Iterator[Sample]:
+        for (namespace, name), conditions in self._routes:
             for type_, current in conditions:
                 for status in CONDITION_STATUSES:
-                    family.add_metric(
-                        [namespace, name, type_, status], 1.0 if status == current else 0.0
-                    )
-        return [family]
+                    labels = {
+                        "namespace": namespace,
+                        "staticroute": name,
+                        "type": type_,
+                        "status": status,
+                    }
+                    yield Sample(self._name, labels, 1.0 if status == current else 0.0)
+
+    def __len__(self) -> int:
+        return sum(len(c) for _, c in self._routes) * len(CONDITION_STATUSES)
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == list(other) if isinstance(other, Iterable) else NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # equal to lists, like a list
+
+
+def _escape(value: str) -> str:
+    """A label value as the text format writes it (backslash, newline, double quote)."""
+    if "\\" in value or "\n" in value or '"' in value:
+        return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return value
 
 
 _CONDITION_LABELS = ["namespace", "staticroute", "type", "status"]

@@ -79,7 +79,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from router_controller.clock import SYSTEM_CLOCK, Clock
 from router_controller.kube import ApiError, Kube
@@ -498,7 +498,7 @@ class Servers:
         log.info("serving metrics with a self-signed certificate")
         return context
 
-    async def _serve_metrics(self, request: web.Request) -> web.Response:
+    async def _serve_metrics(self, request: web.Request) -> web.StreamResponse:
         if request.body_exists:
             return _closing(413, "GET /metrics takes no request body\n")
         if self._auth is not None:
@@ -517,8 +517,15 @@ class Servers:
                 return response
         if self._gate is not None:
             self._gate.trust(request.transport)
-        body = generate_latest(self._metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        # Sent in pieces: the per-StaticRoute series are megabytes of text.
+        body = self._metrics.exposition()
+        stream = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE_LATEST})
+        stream.content_length = len(body)
+        await stream.prepare(request)
+        for piece in body:
+            await stream.write(piece)
+        await stream.write_eof()
+        return stream
 
 
 def _closing(status: int, text: str) -> web.Response:

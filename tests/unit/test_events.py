@@ -183,3 +183,30 @@ async def test_drain_sends_everything_even_while_busy() -> None:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_events_recorded_during_a_burst_do_not_wake_the_senders_each_time() -> None:
+    """During a burst every reconcile records an Event; the senders, which wait behind
+    the busy queue anyway, are not woken for each one (they cost the event loop four
+    wake-ups per StaticRoute, competing with the reconciles that converge it)."""
+    looks = 0
+
+    def busy() -> bool:
+        nonlocal looks
+        looks += 1
+        return True
+
+    recorder = EventRecorder(
+        kube=FakeEvents(), identity="me", metrics=Metrics(process=False), busy=busy
+    )
+    task = asyncio.create_task(recorder.start())
+    try:
+        await asyncio.sleep(0)
+        for i in range(200):
+            await recorder.record(route(f"r{i}", f"uid-{i}"), "Normal", "ConfigMapCreated", "x")
+            await asyncio.sleep(0)  # let woken senders run, as a reconcile's awaits do
+        assert recorder.pending == 200
+        assert looks < 50, f"the senders looked at the busy queue {looks} times for 200 Events"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -243,3 +243,40 @@ def test_auth_health_fails_ready_at_once_and_alive_after_a_while() -> None:
     health.accepted()
     assert health.ready()
     assert health.alive()
+
+
+class _Protocol:
+    """What an aiohttp StreamReader asks of its protocol (flow control only)."""
+
+    _reading_paused = False
+
+    def pause_reading(self) -> None:
+        self._reading_paused = True
+
+    def resume_reading(self, **_: object) -> None:
+        self._reading_paused = False
+
+
+async def test_watch_lines_are_cut_from_reads_of_any_size() -> None:
+    """A read holds many events in a burst, or part of one: every line comes out whole."""
+    import aiohttp
+
+    from router_controller import kube
+
+    events = [
+        b'{"type":"ADDED","object":{"n":%d,"pad":"%s"}}' % (i, b"x" * (i * 37 % 300))
+        for i in range(200)
+    ]
+    stream = b"\n".join(events) + b"\n\n" + b'{"type":"BOOKMARK"}'  # a blank line; no final newline
+    reader = aiohttp.StreamReader(_Protocol(), 2**16, loop=asyncio.get_running_loop())  # type: ignore[arg-type]
+    sizes = [1, 7, 4096, 3, 65536, 250, 10]
+    offset = 0
+    while offset < len(stream):
+        size = sizes[offset % len(sizes)]
+        reader.feed_data(stream[offset : offset + size])
+        offset += size
+    reader.feed_eof()
+
+    lines = [line async for line in kube._lines(reader)]
+
+    assert lines == [*events, b'{"type":"BOOKMARK"}']
