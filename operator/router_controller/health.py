@@ -202,6 +202,8 @@ class Prober:
         self._selecting: dict[str, set[Key]] = {}
         # StaticRoute -> address -> endpoint
         self._endpoints: dict[Key, dict[str, _Endpoint]] = {}
+        # StaticRoutes with routers: what forget() has to undo (index, probes, series).
+        self._series: set[Key] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._random = random.Random()  # noqa: S311 -- spreads start times, guards nothing
@@ -246,10 +248,13 @@ class Prober:
 
     def forget(self, namespace: str, name: str) -> None:
         key = (namespace, name)
+        if key not in self._series:
+            return  # never had routers (most reconciles of a StaticRoute without any)
+        self._series.discard(key)
         self._index(key, None)
         for endpoint in self._endpoints.pop(key, {}).values():
             self._drop(endpoint)
-        self._metrics.forget_staticroute(namespace, name)
+        self._metrics.forget_probes(namespace, name)
 
     def sync(
         self, route: Object, spec: StaticRouteSpec, expected: dict[str, Any] | None
@@ -260,6 +265,7 @@ class Prober:
         if spec.router_ref is None and spec.router_selector is None:
             self.forget(*key)
             return None
+        self._series.add(key)
         applied_at = posix_time((route.get("status") or {}).get("lastAppliedTime"))
         state = _Route(expected=expected, applied_at=applied_at)
         addresses: list[str] = []

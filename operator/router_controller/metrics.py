@@ -290,11 +290,15 @@ class Metrics:
 
     def forget_staticroute(self, namespace: str, name: str) -> None:
         """Drop the series of a deleted StaticRoute so label sets stay bounded."""
+        self.forget_probes(namespace, name)
+        self.staticroute_condition.forget(namespace, name)
+
+    def forget_probes(self, namespace: str, name: str) -> None:
+        """Drop a StaticRoute's probe series (it was deleted, or no longer has routers)."""
         for result in ProbeOutcome:
             _remove(self.probe_total, namespace, name, result)
         _remove(self.probe_duration, namespace, name)
         _remove(self.routers_unhealthy, namespace, name)
-        self.staticroute_condition.forget(namespace, name)
 
 
 # ((namespace, name), ((condition type, status), ...)) of every StaticRoute

@@ -169,6 +169,8 @@ class StaticRouteReconciler:
         if route is None:
             if self._health is not None:
                 self._health.forget(namespace, name)
+            if self._metrics is not None:
+                self._metrics.forget_staticroute(namespace, name)
             return Result()
         if route["metadata"].get("deletionTimestamp"):
             return Result()

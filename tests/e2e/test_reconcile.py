@@ -226,3 +226,22 @@ async def test_deleting_staticroute_garbage_collects_configmap(
         return await try_get_cm(kube, namespace, "r6-config") is None
 
     await wait_for(collected, timeout=120, what="ConfigMap garbage-collected")
+
+
+async def test_a_deleted_staticroute_leaves_no_condition_series(
+    kube: Kube, operator: Manager, namespace: str
+) -> None:
+    """A StaticRoute without routers has no probe state, yet its condition series go
+    with it: label sets stay bounded however many StaticRoutes come and go."""
+
+    def ready_series() -> float | None:
+        return operator.metrics.registry.get_sample_value(
+            "router_controller_staticroute_condition",
+            {"namespace": namespace, "staticroute": "r7", "type": "Ready", "status": "True"},
+        )
+
+    await create_route(kube, staticroute("r7", namespace))
+    await wait_condition(kube, namespace, "r7", "Ready", "True")
+    await wait_for(lambda: ready_series() == 1.0, what="Ready series exported")
+    await kube.delete(STATICROUTES.path(namespace, "r7"))
+    await wait_for(lambda: ready_series() is None, what="condition series dropped")
