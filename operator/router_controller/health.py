@@ -80,7 +80,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from router_controller.api import MAX_TIMEOUT_SECONDS, HealthCheck, LabelSelector, StaticRouteSpec
-from router_controller.clock import SYSTEM_CLOCK, Clock, format_time
+from router_controller.clock import SYSTEM_CLOCK, Clock, SleepingClock, format_time
 from router_controller.fairshare import FairSlots, Limits
 from router_controller.kube import Object
 from router_controller.metrics import Metrics, ProbeOutcome
@@ -140,7 +140,7 @@ class _Endpoint:
     state: EndpointState
     changed_at: str | None = None
     viewed_at: float | None = None  # when the last probe's result was judged (POSIX seconds)
-    due: float = 0.0  # when the next probe should start (loop time)
+    due: float = 0.0  # when the next probe should start (the schedule clock's monotonic time)
     task: asyncio.Task[None] | None = None  # the probe in flight, if any
 
     @property
@@ -190,10 +190,13 @@ class Prober:
         self._allow_cross_namespace = allow_cross_namespace
         self.limits = Limits.sharing(concurrency)
         self._slots: FairSlots[_Endpoint] = FairSlots(self.limits)
-        self._queue: WorkQueue[ProbeKey] = WorkQueue(name="probes")
+        # The schedule: due times are deadlines of the probe queue's timer, so they are
+        # read from the same (system, monotonic) clock as the queue waits on.
+        self._schedule: SleepingClock = SYSTEM_CLOCK
+        self._queue: WorkQueue[ProbeKey] = WorkQueue(name="probes", clock=self._schedule)
         self._session = session
         self._own_session = session is None
-        self._clock = clock  # wall time only: the schedule runs on the probe queue's clock
+        self._clock = clock  # wall time only (status stamps)
         self._not_applied_after = config_not_applied_after
         self._routes: dict[Key, _Route] = {}
         # Reverse indexes, so a Service or EndpointSlice event finds its StaticRoutes
@@ -421,7 +424,7 @@ class Prober:
         current = self._endpoints.setdefault(key, {})
         for address in [a for a in current if a not in addresses]:
             self._drop(current.pop(address))
-        now = asyncio.get_running_loop().time()
+        now = self._schedule.monotonic()
         for address in addresses:
             endpoint = current.get(address)
             if endpoint is None:
@@ -544,7 +547,7 @@ class Prober:
         if endpoint is None or endpoint.task is not None:
             self._queue.done(key)  # dropped, or re-added for a probe already running
             return
-        early = endpoint.due - asyncio.get_running_loop().time()
+        early = endpoint.due - self._schedule.monotonic()
         if early > 0.001:  # an older, earlier due time: wait for the current one
             self._queue.done(key)
             self._queue.add_after(key, early)
@@ -568,10 +571,9 @@ class Prober:
             task.add_done_callback(self._tasks.discard)
 
     async def _probe(self, endpoint: _Endpoint) -> None:
-        loop = asyncio.get_running_loop()
         check = endpoint.check
         key = endpoint.route
-        started = loop.time()
+        started = self._schedule.monotonic()
         self._metrics.probe_lateness.labels(key[0]).observe(max(0.0, started - endpoint.due))
         try:
             timeout = min(check.timeout_seconds, check.period_seconds, MAX_TIMEOUT_SECONDS)
@@ -583,7 +585,7 @@ class Prober:
             self._dispatch()
         if not self._tracked(endpoint):
             return  # removed while probing
-        self._metrics.probe_duration.labels(*key).observe(loop.time() - started)
+        self._metrics.probe_duration.labels(*key).observe(self._schedule.monotonic() - started)
         route = self._routes.get(key)
         expected = route.expected if route is not None else None
         stamp = format_time(self._clock.now())
@@ -607,7 +609,7 @@ class Prober:
             endpoint.changed_at = stamp
             self._enqueue(key)
         endpoint.due = started + endpoint.check.period_seconds
-        self._queue.add_after(endpoint.key, max(0.0, endpoint.due - loop.time()))
+        self._queue.add_after(endpoint.key, max(0.0, endpoint.due - self._schedule.monotonic()))
 
     async def _get_health(self, address: str, timeout: float) -> ProbeResult:
         if self._session is None:
