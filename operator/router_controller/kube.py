@@ -329,13 +329,12 @@ class Concurrency:
                     self._waiters.remove(waiter)
         self.in_flight += 1
 
-    async def release(self, *, throttled: float | None) -> None:
-        """Give the slot back; ``throttled``: the answer was a 429 (its Retry-After)."""
-        self.release_now(throttled=throttled)
+    def release(self, *, throttled: float | None) -> None:
+        """Give the slot back; ``throttled``: the answer was a 429 (its Retry-After).
 
-    def release_now(self, *, throttled: float | None) -> None:
-        """:meth:`release` without an await, so that it cannot be cancelled half-way
-        and costs a finished request no trip through the event loop."""
+        No await: it cannot be cancelled half-way, and costs a finished request no
+        trip through the event loop.
+        """
         self.in_flight -= 1
         now = self._clock.monotonic()
         if throttled is not None:  # halve what was in flight, not a limit never reached
@@ -614,7 +613,7 @@ class Kube:
                     throttled = None
                     if status == 429:
                         throttled = self._retry_after(response.headers) or 1.0
-                    gate.release_now(throttled=throttled)
+                    gate.release(throttled=throttled)
             if await self._answered(status, headers) and not refreshed:
                 refreshed = True
                 continue

@@ -190,39 +190,39 @@ async def test_concurrency_halves_on_429_holds_then_grows() -> None:
     for _ in range(5):
         await gate.acquire()
     assert gate.in_flight == 5
-    await gate.release(throttled=2.0)  # half of the 5 in flight, not of the limit 8
+    gate.release(throttled=2.0)  # half of the 5 in flight, not of the limit 8
     assert gate.limit == 2.5
-    await gate.release(throttled=2.0)
-    await gate.release(throttled=2.0)
-    await gate.release(throttled=2.0)
+    gate.release(throttled=2.0)
+    gate.release(throttled=2.0)
+    gate.release(throttled=2.0)
     assert gate.limit == 1.0  # never below one
     clock.set(1.5)  # still inside the Retry-After: no growth
-    await gate.release(throttled=None)
+    gate.release(throttled=None)
     assert gate.limit == 1.0
     assert gate.in_flight == 0
     clock.set(3.0)
     await gate.acquire()
-    await gate.release(throttled=None)
+    gate.release(throttled=None)
     assert gate.limit == 2.0
     await gate.acquire()
-    await gate.release(throttled=None)  # at most one step a second
+    gate.release(throttled=None)  # at most one step a second
     assert gate.limit == 2.0
     for step in range(4, 30):
         clock.set(float(step))
         await gate.acquire()
-        await gate.release(throttled=None)
+        gate.release(throttled=None)
     assert gate.limit == 8  # never above the maximum
 
 
 async def test_concurrency_makes_the_extra_request_wait() -> None:
     gate = Concurrency(2, clock=FakeClock(0.0))
     await gate.acquire()
-    await gate.release(throttled=1.0)  # limit 1
+    gate.release(throttled=1.0)  # limit 1
     await gate.acquire()
     waiting = asyncio.create_task(gate.acquire())
     await asyncio.sleep(0)
     assert not waiting.done()
-    await gate.release(throttled=None)
+    gate.release(throttled=None)
     await asyncio.wait_for(waiting, 1)
     assert gate.in_flight == 1
 
