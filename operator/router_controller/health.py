@@ -22,8 +22,14 @@ starve, blind or exhaust it for the others:
   ``periodSeconds``) by the CRD and the API model, so no probe holds a slot longer.
   How late each probe starts is exported as
   ``router_controller_probe_lateness_seconds{namespace}``.
-- **Spreading.** The next probe is due ``periodSeconds`` after the last one
-  *started*, so endpoints keep the phase of their first probe for ever. When 10,000
+- **Ticking.** An endpoint's probes fall due on a fixed beat, ``periodSeconds``
+  apart from its first one (:func:`next_due`), as the kubelet's prober worker runs
+  on a ticker: a probe that starts late does not move the ones after it, and ticks
+  missed by more than a period are dropped, not made up in a burst. Timing each
+  probe from the *start* of the last one instead let every stall of the event loop
+  (a burst of status writes, a scrape) bunch the probes it delayed into one wave,
+  which then came back every period and was late again: lateness fed itself.
+- **Spreading.** Endpoints keep the phase of their first probe for ever, so if 10,000
   of them are learned at once (a restart or a new leader resumes every endpoint from
   the status; a bulk create) and all start now, every later period opens with the
   same burst, which queues behind the slots and the CPU for seconds. So a first probe
@@ -31,16 +37,15 @@ starve, blind or exhaust it for the others:
   one second) starts at a random point within its period, as the kubelet does for
   the probes it starts in its first period; a few new endpoints are still probed at
   once, so a new StaticRoute does not wait a period to turn Ready.
-- **HTTP.** One shared session, one connection per probe, closed after the answer
-  (``force_close``). Keep-alive was weighed and left out: vllm_router runs uvicorn
-  with its default 5 s keep-alive timeout, shorter than the default
-  ``periodSeconds`` (10 s), so a kept connection would nearly always be closed by the
-  router before the next probe and reuse would save nothing, while every idle kept
-  connection costs a descriptor on both sides (10,000 endpoints: thousands held).
-  A probe costs about half a millisecond of CPU, about half of it aiohttp's request
-  and connection handling and most of the rest the event loop and bookkeeping; the
-  parts that can be skipped per probe (parsing an unchanged body, building the
-  timeout and URL objects) measured a few microseconds each and are left as they are.
+- **HTTP.** One connection per probe, closed after the answer, made and read by
+  :mod:`router_controller.probehttp` (why not aiohttp's client: there). Keep-alive
+  was weighed and left out: vllm_router runs uvicorn with its default 5 s keep-alive
+  timeout, shorter than the default ``periodSeconds`` (10 s), so a kept connection
+  would nearly always be closed by the router before the next probe and reuse would
+  save nothing, while every idle kept connection costs a descriptor on both sides
+  (10,000 endpoints: thousands held). A probe costs about half a millisecond of CPU,
+  most of it the event loop's connect, transport and close; the request bytes of
+  each endpoint are built once.
 - **Reading.** At most :data:`~router_controller.routerstate.MAX_HEALTH_BODY` bytes of
   an answer are read (a longer one fails the probe), without decompression, and
   every text a router sends is clipped before it reaches a status (see
@@ -71,19 +76,19 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import math
 import os
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-import aiohttp
-
 from router_controller.api import MAX_TIMEOUT_SECONDS, HealthCheck, LabelSelector, StaticRouteSpec
 from router_controller.clock import SYSTEM_CLOCK, Clock, SleepingClock, format_time
 from router_controller.fairshare import FairSlots, Limits
 from router_controller.kube import Object
 from router_controller.metrics import Metrics, ProbeOutcome
+from router_controller.probehttp import ConnectFailed, ExchangeFailed, Target, get, request
 from router_controller.reconcile import Key
 from router_controller.routerstate import (
     CONFIG_NOT_APPLIED_AFTER,
@@ -105,7 +110,7 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 DEFAULT_PORT = 8000
 UNSUPPORTED = "UnsupportedRouterService"
 # What a probe asks for: no compression (a small gzip body can inflate to gigabytes).
-_HEADERS = {"Accept-Encoding": "identity", "User-Agent": "router-controller"}
+_HEADERS = (("Accept-Encoding", "identity"), ("User-Agent", "router-controller"))
 
 
 class ObjectCache(Protocol):
@@ -138,6 +143,8 @@ class _Endpoint:
     key: ProbeKey
     check: HealthCheck
     state: EndpointState
+    target: Target
+    request: bytes  # GET /health to the target, built once
     changed_at: str | None = None
     viewed_at: float | None = None  # when the last probe's result was judged (POSIX seconds)
     due: float = 0.0  # when the next probe should start (the schedule clock's monotonic time)
@@ -179,8 +186,8 @@ class Prober:
         enqueue: Callable[[Key], None],
         concurrency: int,
         allow_cross_namespace: bool,
-        session: aiohttp.ClientSession | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        schedule: SleepingClock = SYSTEM_CLOCK,
         config_not_applied_after: float = CONFIG_NOT_APPLIED_AFTER,
     ) -> None:
         self._services = services
@@ -191,11 +198,9 @@ class Prober:
         self.limits = Limits.sharing(concurrency)
         self._slots: FairSlots[_Endpoint] = FairSlots(self.limits)
         # The schedule: due times are deadlines of the probe queue's timer, so they are
-        # read from the same (system, monotonic) clock as the queue waits on.
-        self._schedule: SleepingClock = SYSTEM_CLOCK
+        # read from the same monotonic clock as the queue waits on.
+        self._schedule = schedule
         self._queue: WorkQueue[ProbeKey] = WorkQueue(name="probes", clock=self._schedule)
-        self._session = session
-        self._own_session = session is None
         self._clock = clock  # wall time only (status stamps)
         self._not_applied_after = config_not_applied_after
         self._routes: dict[Key, _Route] = {}
@@ -434,10 +439,13 @@ class Prober:
                     if entry is not None
                     else EndpointState(address)
                 )
+                target = Target.parse(address)
                 endpoint = _Endpoint(
                     key=(*key, address),
                     check=check,
                     state=state,
+                    target=target,
+                    request=request(target, "/health", _HEADERS),
                     changed_at=entry.get("lastProbeTime") if entry else None,
                     due=self._first_due(now, check.period_seconds, resumed=entry is not None),
                 )
@@ -516,11 +524,6 @@ class Prober:
 
     async def start(self) -> None:
         """Run probes as they fall due, until cancelled."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, ssl=False, force_close=True),
-                auto_decompress=False,
-            )
         try:
             while True:
                 try:
@@ -535,11 +538,6 @@ class Prober:
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             await self._queue.shutdown(0)
-
-    async def close(self) -> None:
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None
 
     def _admit(self, key: ProbeKey) -> None:
         """A key came out of the queue: wait for a fair slot, or for its due time."""
@@ -577,7 +575,7 @@ class Prober:
         self._metrics.probe_lateness.labels(key[0]).observe(max(0.0, started - endpoint.due))
         try:
             timeout = min(check.timeout_seconds, check.period_seconds, MAX_TIMEOUT_SECONDS)
-            result = await self._get_health(endpoint.state.address, timeout)
+            result = await _get_health(endpoint, timeout)
         finally:
             endpoint.task = None
             self._slots.release(key[0], key[1])
@@ -608,42 +606,36 @@ class Prober:
         if after != before:
             endpoint.changed_at = stamp
             self._enqueue(key)
-        endpoint.due = started + endpoint.check.period_seconds
+        endpoint.due = next_due(endpoint.due, started, endpoint.check.period_seconds)
         self._queue.add_after(endpoint.key, max(0.0, endpoint.due - self._schedule.monotonic()))
 
-    async def _get_health(self, address: str, timeout: float) -> ProbeResult:
-        if self._session is None:
-            raise RuntimeError("Prober.start() has not run")
-        try:
-            async with self._session.get(
-                f"{address}/health",
-                timeout=aiohttp.ClientTimeout(total=timeout),
-                allow_redirects=False,
-                headers=_HEADERS,
-            ) as resp:
-                if (resp.content_length or 0) > MAX_HEALTH_BODY:
-                    return too_long(resp.status)
-                body = await _read_at_most(resp.content, MAX_HEALTH_BODY)
-                return read_health(resp.status, resp.reason or "", body)
-        except TimeoutError:
-            return ProbeResult(False, f"GET /health timed out after {timeout:g}s")
-        except aiohttp.ClientConnectorError as err:
-            return ProbeResult(False, f"cannot connect: {_describe(err.os_error)}")
-        except Exception as err:  # whatever went wrong is this probe's failure, not the prober's
-            return ProbeResult(False, clip(f"GET /health failed: {type(err).__name__}: {err}"))
+
+async def _get_health(endpoint: _Endpoint, timeout: float) -> ProbeResult:
+    try:
+        answer = await get(
+            endpoint.target, endpoint.request, timeout=timeout, limit=MAX_HEALTH_BODY
+        )
+    except TimeoutError:
+        return ProbeResult(False, f"GET /health timed out after {timeout:g}s")
+    except ConnectFailed as err:
+        return ProbeResult(False, f"cannot connect: {_describe(err.os_error)}")
+    except ExchangeFailed as err:
+        return ProbeResult(False, clip(f"GET /health failed: {err}"))
+    except Exception as err:  # whatever went wrong is this probe's failure, not the prober's
+        return ProbeResult(False, clip(f"GET /health failed: {type(err).__name__}: {err}"))
+    if answer.too_long:
+        return too_long(answer.status)
+    return read_health(answer.status, answer.reason, answer.body)
 
 
-async def _read_at_most(stream: aiohttp.StreamReader, limit: int) -> bytes:
-    """The body up to its end or to one byte past ``limit``, whichever comes first."""
-    chunks: list[bytes] = []
-    size = 0
-    while size <= limit:
-        chunk = await stream.read(limit + 1 - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
+def next_due(due: float, started: float, period: float) -> float:
+    """When the probe after one due at ``due`` that started at ``started`` is due.
+
+    The first tick of the endpoint's beat (``due`` plus whole periods) after the start:
+    a late start keeps the beat, and the ticks it missed altogether are skipped.
+    """
+    missed = math.floor((started - due) / period) if started > due else 0
+    return due + (missed + 1) * period
 
 
 ROUTER_PORT_NAMES = ("http", "https", "router-sport")  # router-sport: production-stack's chart

@@ -120,7 +120,6 @@ class Manager:
             yield
         finally:
             await self.parts.servers.stop()
-            await self.parts.prober.close()
 
     @contextlib.asynccontextmanager
     async def _leading(self, stop: asyncio.Event) -> AsyncIterator[bool]:

@@ -527,7 +527,6 @@ async def test_the_flag_allows_a_router_ref_to_another_namespace(
             finally:
                 for task in tasks:
                     task.cancel()
-        await prober.close()
         assert router.requests >= 1
 
 

@@ -215,7 +215,6 @@ async def prober(clock: FakeClock, port: int, enqueued: list[Any]) -> AsyncItera
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await probes.close()
 
 
 async def test_the_prober_flips_to_not_applied_at_the_first_probe_after_the_window() -> None:

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from router_controller.api import HealthCheck, LabelSelector, StaticRouteSpec
-from router_controller.health import SERVICE_INDEX, Prober, slice_service
+from router_controller.clock import SYSTEM_CLOCK, SleepingClock
+from router_controller.health import SERVICE_INDEX, Prober, next_due, slice_service
 from router_controller.kube import Object
 from router_controller.metrics import Metrics
 from router_controller.routerconfig import render
@@ -330,7 +331,9 @@ class Cache:
 
 
 class Harness:
-    def __init__(self, services: Cache, slices: Cache) -> None:
+    def __init__(
+        self, services: Cache, slices: Cache, *, schedule: SleepingClock = SYSTEM_CLOCK
+    ) -> None:
         self.enqueued: list[tuple[str, str]] = []
         self.metrics = Metrics(process=False)
         self.prober = Prober(
@@ -341,6 +344,7 @@ class Harness:
             concurrency=8,
             allow_cross_namespace=False,
             clock=FakeClock(),  # wall time 2026-01-01T00:00:00Z,
+            schedule=schedule,
         )
 
     def probes(self, result: str) -> float:
@@ -352,8 +356,10 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
-async def running(services: Cache, slices: Cache) -> AsyncIterator[Harness]:
-    harness = Harness(services, slices)
+async def running(
+    services: Cache, slices: Cache, *, schedule: SleepingClock = SYSTEM_CLOCK
+) -> AsyncIterator[Harness]:
+    harness = Harness(services, slices, schedule=schedule)
     task = asyncio.create_task(harness.prober.start())
     try:
         yield harness
@@ -361,7 +367,6 @@ async def running(services: Cache, slices: Cache) -> AsyncIterator[Harness]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await harness.prober.close()
 
 
 def route_spec(**fields: Any) -> StaticRouteSpec:
@@ -721,3 +726,44 @@ def test_router_port_must_be_a_port_name_or_number() -> None:
     for bad in (0, 70000, "Router_Port", "a-very-long-port-name", "-x"):
         with pytest.raises(ValueError, match="routerPort"):
             route_spec(routerPort=bad)
+
+
+@pytest.mark.parametrize(
+    ("started", "expected"),
+    [
+        (100.0, 110.0),  # on time
+        (99.9995, 110.0),  # a hair early (the scheduler's tolerance)
+        (100.7, 110.0),  # late: the beat stays, the next probe is not 0.7 s later
+        (109.9, 110.0),  # late by nearly a period: the next one is due right after
+        (125.0, 130.0),  # more than a period late: the missed ticks are skipped
+        (120.0, 130.0),  # exactly on a missed tick: that tick is this probe
+    ],
+)
+def test_probes_keep_the_beat_of_their_first_probe(started: float, expected: float) -> None:
+    assert next_due(100.0, started, 10.0) == pytest.approx(expected)
+
+
+async def test_a_late_probe_does_not_move_the_ones_after_it() -> None:
+    schedule = FakeClock(start=100.0)
+    spec = route_spec(healthCheck={**FAST, "periodSeconds": 10, "timeoutSeconds": 5})
+    expected = render(spec).content
+    async with FakeRouter(host=LOCAL) as router:
+        router.load(expected)
+        services = Cache(service(NS, "router", router.port))
+        slices = Cache(endpointslice(NS, "router", 0, LOCAL, router.port))
+        h = Harness(services, slices, schedule=schedule)
+        h.prober.sync(ROUTE, spec, expected)  # a lone new endpoint: due at once (100) ...
+        schedule.set(103.0)  # ... but its probe starts 3 s late
+        task = asyncio.create_task(h.prober.start())
+        try:
+            await wait_for(lambda: router.requests == 1, what="the late first probe")
+            await wait_for(schedule.sleeping_until, what="the next probe scheduled")
+            assert schedule.sleeping_until() == [110.0], "due on the beat, not 10 s after 103"
+            lateness = h.metrics.registry.get_sample_value(
+                "router_controller_probe_lateness_seconds_sum", {"namespace": NS}
+            )
+            assert lateness == pytest.approx(3.0)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
