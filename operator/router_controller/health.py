@@ -26,9 +26,9 @@ starve, blind or exhaust it for the others:
   apart from its first one (:func:`next_due`), as the kubelet's prober worker runs
   on a ticker: a probe that starts late does not move the ones after it, and ticks
   missed by more than a period are dropped, not made up in a burst. Timing each
-  probe from the *start* of the last one instead let every stall of the event loop
-  (a burst of status writes, a scrape) bunch the probes it delayed into one wave,
-  which then came back every period and was late again: lateness fed itself.
+  probe from the *start* of the last one instead makes every stall of the event loop
+  (a burst of status writes, a scrape) bunch the probes it delayed into one wave
+  that comes back together every period, to queue behind itself again.
 - **Spreading.** Endpoints keep the phase of their first probe for ever, so if 10,000
   of them are learned at once (a restart or a new leader resumes every endpoint from
   the status; a bulk create) and all start now, every later period opens with the
