@@ -449,13 +449,8 @@ class StaticRouteReconciler:
         the key is reconciled again from fresher state, never patched with stale values.
         """
         current = route.get("status") or {}
-        complete = status.model_copy(
-            update={
-                "observed_generation": generation,
-                "conditions": cond.merge(before, desired, now or format_time(self._clock.now())),
-            }
-        )
-        new = complete.model_dump(by_alias=True, exclude_none=True)
+        stamp = now or format_time(self._clock.now())
+        new = cond.wire_status(status, generation, cond.merge_wire(before, desired, stamp))
         if self._metrics is not None:  # also when unchanged: a restarted operator exports it
             self._metrics.staticroute_conditions(
                 route["metadata"]["namespace"], route["metadata"]["name"], new["conditions"]
