@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable
@@ -124,6 +125,10 @@ class EventRecorder:
         self._draining = False
         self._in_flight = 0
         self._senders: list[asyncio.Task[None]] = []
+        # Read when scraped, not set on every record() and send (two per Event).
+        metrics.events_pending.set_function(lambda: len(self._buffer.pending))
+        self._second: datetime.datetime | None = None  # the wall-clock second of _stamp
+        self._stamp = ""
 
     @property
     def pending(self) -> int:
@@ -142,7 +147,7 @@ class EventRecorder:
         uid = str(meta.get("uid") or meta["name"])
         message = message[:MAX_MESSAGE]
         key: SeriesKey = (namespace, uid, type_, reason, message)
-        stamp = format_time(self._clock.now())
+        stamp = self._timestamp()
         buffer = self._buffer
         waiting = buffer.pending.get(key)
         if waiting is not None:  # the same Event is still waiting: fold this one in
@@ -166,7 +171,6 @@ class EventRecorder:
             "resourceVersion": meta.get("resourceVersion"),
         }
         buffer.pending[key] = _Pending(involved, 1, stamp, stamp, self._clock.monotonic())
-        self._metrics.events_pending.set(len(buffer.pending))
         self._empty.clear()
         if len(buffer.pending) == 1:
             # Only an empty buffer has senders waiting for a record(): with Events
@@ -174,6 +178,13 @@ class EventRecorder:
             # IDLE_RECHECK. Waking all of them for every Event of a burst cost four
             # wake-ups per StaticRoute while the reconciles that converge it ran.
             self._wake.set()
+
+    def _timestamp(self) -> str:
+        """Now as an Event's timestamp (whole seconds), formatted once per second."""
+        second = self._clock.now().replace(microsecond=0)
+        if second != self._second:
+            self._second, self._stamp = second, format_time(second)
+        return self._stamp
 
     def _allow(self, namespace: str, uid: str) -> bool:
         spam = self._buffer.spam
@@ -211,7 +222,6 @@ class EventRecorder:
 
     async def _send_next(self) -> None:
         key, item = self._buffer.pending.popitem(last=False)
-        self._metrics.events_pending.set(len(self._buffer.pending))
         self._in_flight += 1
         try:
             await self._send(key, item)
@@ -294,7 +304,6 @@ class EventRecorder:
         if left:
             self._metrics.events_dropped.labels("shutdown").inc(left)
             self._buffer.pending.clear()
-            self._metrics.events_pending.set(0)
         self._empty.set()
         for task in self._senders:
             task.cancel()

@@ -33,6 +33,7 @@ memory follows the StaticRoutes rather than the size of the cluster around them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -128,6 +129,7 @@ class Informer:
         self._indexers = dict(indexers or {})
         self._indices: dict[str, dict[str, dict[Key, Object]]] = {n: {} for n in self._indexers}
         self._synced_scopes: set[str | None] = set()
+        self._creating: dict[Key, int] = {}  # keys the operator is creating, and how often
         self.synced = asyncio.Event()
         self.restarts = 0  # watch streams re-opened for any reason
         self.relists = 0  # lists after an expired (410) watch, a malformed event or a short watch
@@ -158,7 +160,7 @@ class Informer:
         """Cached objects filed under ``value`` by the indexer named ``index``."""
         return list(self._indices[index].get(value, {}).values())
 
-    def written(self, obj: Object, *, over: str | None) -> None:
+    def written(self, obj: Object, *, over: str | None, expected: Object | None = None) -> None:
         """Cache the result of the operator's own write now, not when the watch brings it.
 
         ``over`` is the resourceVersion the write was made against (None for a create).
@@ -167,13 +169,38 @@ class Informer:
         meanwhile is never replaced by an older one. Reconciles that follow then see
         their own write, and make no second write from a stale copy (a 409); when the
         watch delivers the same version later, it is recognised and not handled again.
+
+        ``expected`` is what the result should mostly look like (the object sent, or the
+        cached one with the fields the write set): the parts of the result equal to it
+        are cached as the expected object has them (see :func:`compact`'s ``like``),
+        instead of being compacted again. By default it is the version written over.
         """
         meta = obj.get("metadata")
         if not isinstance(meta, dict) or not meta.get("name") or not meta.get("resourceVersion"):
             return
         key = key_of(obj)
-        if _version_of(self._cache.get(key)) == over:
-            self._store(key, self._prepare(obj))
+        cached = self._cache.get(key)
+        if _version_of(cached) == over:
+            self._store(key, self._prepare(obj, like=cached if expected is None else expected))
+
+    @contextlib.contextmanager
+    def creating(self, key: Key) -> Iterator[None]:
+        """Around the operator's own create of ``key``: its ``ADDED`` event is only cached.
+
+        The watch often delivers a new object before the create's answer arrives; its
+        handler would then queue a second reconcile of the object's owner, which is
+        still in the reconcile that made the create and will see its result (the
+        answer, or on a failed create its error and the retry that follows). So an
+        ``ADDED`` event for ``key`` while the create is in flight is cached but not
+        handled; any later event (a change, a delete) is handled as always.
+        """
+        self._creating[key] = self._creating.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._creating.pop(key) - 1
+            if left:
+                self._creating[key] = left
 
     def _store(self, key: Key, obj: Object) -> Object | None:
         previous = self._drop(key)
@@ -201,9 +228,13 @@ class Informer:
     def scopes(self) -> list[str | None]:
         return list(self._scopes)
 
-    def _prepare(self, obj: Object) -> Object:
+    def _prepare(self, obj: Object, *, like: Object | None = None) -> Object:
         _slim(obj)
-        return self._transform(obj) if self._transform is not None else obj
+        if self._transform is None:
+            return obj
+        if like is not None and self._transform is compact:
+            return compact(obj, like=like)
+        return self._transform(obj)
 
     # -- running -----------------------------------------------------------------------
 
@@ -385,8 +416,11 @@ class Informer:
                 self._handler("DELETED", self._prepare(obj), self._drop(key))
             elif version and _version_of(self._cache.get(key)) == version:
                 continue  # our own write, cached already (see written())
-            else:
+            elif kind == "ADDED" and key in self._creating:
                 obj = self._prepare(obj)
+                self._store(key_of(obj), obj)  # our own create, still in flight (creating())
+            else:
+                obj = self._prepare(obj, like=self._cache.get(key))
                 key = key_of(obj)  # its strings shared, as the cache holds them
                 self._handler(kind, obj, self._store(key, obj))
         if events == 0 and self._clock.monotonic() - started < SHORT_WATCH_SECONDS:
@@ -424,7 +458,7 @@ _SHARED_VALUES = frozenset(
 )  # fmt: skip
 
 
-def compact(obj: Object) -> Object:
+def compact(obj: Object, *, like: Object | None = None) -> Object:
     """The same object with its memory shared where objects repeat each other.
 
     For StaticRoutes and our ConfigMaps, which are cached whole: every key, and the
@@ -432,6 +466,15 @@ def compact(obj: Object) -> Object:
     its own copy of every key string, about a third of a small object's size), and
     ``kubectl apply``'s last-applied annotation, a second copy of the whole spec that
     nothing here reads, is dropped.
+
+    ``like`` is an object this one mostly repeats, already compact (the cached version
+    it replaces, or the body of the write it answers): a field equal to ``like``'s is
+    taken from ``like`` whole, so an unchanged ``spec`` or ``metadata.ownerReferences``
+    costs one comparison instead of a copy. Cached objects are never modified in place,
+    so sharing their parts is safe. A field is taken from ``like`` when it has the same
+    type and compares equal; inside it, Python's equality counts ``1`` and ``true`` as
+    equal, but the schemas of StaticRoutes and ConfigMaps give every field one type,
+    so no field turns from one into the other.
     """
     meta = obj.get("metadata")
     if isinstance(meta, dict):
@@ -441,18 +484,68 @@ def compact(obj: Object) -> Object:
             meta["annotations"] = annotations
             if not annotations:
                 del meta["annotations"]
-    compacted: Object = _compact(obj)
-    return compacted
+    return _compact_dict(obj) if like is None else _compact_like(obj, like)
 
 
-def _compact(value: Any, shared: bool = False) -> Any:
+_ABSENT = object()
+
+
+def _compact_like(obj: dict[str, Any], like: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        known = like.get(key, _ABSENT)
+        if known is _ABSENT:
+            out[sys.intern(key)] = _compact_value(key, value)
+        elif type(known) is type(value) and known == value:
+            out[sys.intern(key)] = known
+        elif isinstance(value, dict) and isinstance(known, dict):
+            out[sys.intern(key)] = _compact_like(value, known)
+        else:
+            out[sys.intern(key)] = _compact_value(key, value)
+    return out
+
+
+def _compact_value(key: str, value: Any) -> Any:
+    if type(value) is str:
+        return sys.intern(value) if key in _SHARED_VALUES else value
     if isinstance(value, dict):
-        return {sys.intern(k): _compact(v, k in _SHARED_VALUES) for k, v in value.items()}
+        return _compact_dict(value)
     if isinstance(value, list):
-        return [_compact(v, shared) for v in value]
-    if shared and isinstance(value, str):
-        return sys.intern(value)
+        return _compact_list(value, key in _SHARED_VALUES)
     return value
+
+
+# Every cached StaticRoute and ConfigMap goes through these once per change (the watch,
+# and the answer to each of the operator's own writes), so they test a value's type
+# before recursing: most values are strings, and a call per string cost more than
+# the interning itself.
+
+
+def _compact_dict(obj: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        if type(value) is str:
+            if key in _SHARED_VALUES:
+                value = sys.intern(value)
+        elif isinstance(value, dict):
+            value = _compact_dict(value)
+        elif isinstance(value, list):
+            value = _compact_list(value, key in _SHARED_VALUES)
+        out[sys.intern(key)] = value
+    return out
+
+
+def _compact_list(items: list[Any], shared: bool) -> list[Any]:
+    out: list[Any] = []
+    for value in items:
+        if isinstance(value, dict):
+            value = _compact_dict(value)
+        elif isinstance(value, list):
+            value = _compact_list(value, shared)
+        elif shared and isinstance(value, str):
+            value = sys.intern(value)
+        out.append(value)
+    return out
 
 
 # -- trimming: what the operator reads of the kinds it does not own --------------------

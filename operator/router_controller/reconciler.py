@@ -211,6 +211,7 @@ class StaticRouteReconciler:
 
         previous = route.get("status") or {}
         before = cond.parse(previous.get("conditions"))
+        now = format_time(self._clock.now())  # every timestamp this reconcile writes
         desired: list[Condition] = []
         ready = True
         reason, message = "Ready", f"ConfigMap {cm_name} holds the current spec"
@@ -228,7 +229,7 @@ class StaticRouteReconciler:
             )
             config_map_ref = cm_name
             if outcome.changed or not applied:
-                applied = format_time(self._clock.now())
+                applied = now
 
         report = None
         if self._health is not None:
@@ -251,7 +252,7 @@ class StaticRouteReconciler:
             routers=report.routers if report is not None else None,
         )
         events = _transition_events(before, desired)
-        await self._write_status(route, status, before, desired, generation)
+        await self._write_status(route, status, before, desired, generation, now=now)
         for type_, event_reason, event_message in events:
             await self._recorder.record(route, type_, event_reason, event_message)
         if outcome.problem is not None and outcome.problem[0] == "ConfigMapConflict":
@@ -358,11 +359,13 @@ class StaticRouteReconciler:
         existing = self._configmaps.get(namespace, name)
         if existing is None:
             try:
-                with _writing(f"create ConfigMap {namespace}/{name}"):
-                    created = await self._kube.create(
-                        CONFIGMAPS.path(namespace), self._desired_cm(route, name, rendered)
-                    )
-                self._configmaps.written(created, over=None)
+                desired = self._desired_cm(route, name, rendered)
+                with (
+                    _writing(f"create ConfigMap {namespace}/{name}"),
+                    self._configmaps.creating((namespace, name)),
+                ):
+                    created = await self._kube.create(CONFIGMAPS.path(namespace), desired)
+                self._configmaps.written(created, over=None, expected=desired)
             except Conflict as err:
                 if not err.already_exists:
                     raise
@@ -434,22 +437,20 @@ class StaticRouteReconciler:
         before: list[Condition],
         desired: list[Condition],
         generation: int | None,
+        *,
+        now: str | None = None,
     ) -> None:
         """Patch status if it differs, guarded by the resourceVersion it was computed from.
 
         ``status`` is complete but for the conditions and ``observedGeneration``, which
-        are filled in here; it is serialised once, and compared with the stored status.
+        are filled in here (a condition that flips is stamped ``now``, by default the
+        clock's); it is serialised once, and compared with the stored status.
         A 409 means it was computed from a stale copy: :class:`Conflict` propagates and
         the key is reconciled again from fresher state, never patched with stale values.
         """
         current = route.get("status") or {}
-        complete = status.model_copy(
-            update={
-                "observed_generation": generation,
-                "conditions": cond.merge(before, desired, format_time(self._clock.now())),
-            }
-        )
-        new = complete.model_dump(by_alias=True, exclude_none=True)
+        stamp = now or format_time(self._clock.now())
+        new = cond.wire_status(status, generation, cond.merge_wire(before, desired, stamp))
         if self._metrics is not None:  # also when unchanged: a restarted operator exports it
             self._metrics.staticroute_conditions(
                 route["metadata"]["namespace"], route["metadata"]["name"], new["conditions"]
@@ -464,7 +465,9 @@ class StaticRouteReconciler:
         written = await self._kube.merge_patch(
             STATICROUTES.path(meta["namespace"], meta["name"], "status"), body
         )
-        self._routes.written(written, over=meta["resourceVersion"])
+        self._routes.written(
+            written, over=meta["resourceVersion"], expected={**route, "status": new}
+        )
 
 
 @dataclass(frozen=True, slots=True)

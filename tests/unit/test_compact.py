@@ -44,3 +44,29 @@ def test_keys_and_repeating_values_are_shared_between_objects() -> None:
     # Values that are not known to repeat stay the object's own.
     raw_one, raw_two = decoded(), decoded()
     assert raw_one["spec"]["staticModels"] is not raw_two["spec"]["staticModels"]
+
+
+def test_parts_equal_to_a_like_object_are_taken_from_it() -> None:
+    cached = compact(decoded())
+    answer = decoded()  # the next version: a new resourceVersion and status
+    answer["metadata"]["resourceVersion"] = "2"
+    answer["status"] = {"conditions": [{"type": "Ready", "status": "False", "reason": "Bad"}]}
+    answer["metadata"]["generation"] = True
+    cached["metadata"]["generation"] = 1  # equal to True in Python, but not the same JSON
+    expected = decoded()
+    del expected["metadata"]["annotations"][LAST_APPLIED]
+    expected["metadata"]["resourceVersion"] = "2"
+    expected["status"] = answer["status"]
+    expected["metadata"]["generation"] = True
+
+    result = compact(answer, like=cached)
+
+    assert result == expected
+    assert result["metadata"]["generation"] is True
+    assert result["spec"] is cached["spec"]
+    assert result["metadata"]["annotations"] is cached["metadata"]["annotations"]
+    assert result["metadata"] is not cached["metadata"]
+    assert result["status"] is not cached["status"]
+    # What is not taken from ``like`` is compacted as usual.
+    again = compact(decoded())
+    assert result["status"]["conditions"][0]["type"] is again["status"]["conditions"][0]["type"]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from router_controller.controller import Controller
+from router_controller.controller import Controller, reconcile_id
 from router_controller.metrics import Metrics
 from router_controller.reconcile import Key, Result, TerminalError
 from router_controller.workqueue import WorkQueue
@@ -152,3 +153,13 @@ async def test_requeue_uses_the_rate_limiter(
     assert script.calls == ["stale", "stale"]
     assert value(metrics, "controller_runtime_reconcile_total", controller="staticroute",
                  result="requeue") == 1  # fmt: skip
+
+
+def test_every_reconcile_id_is_a_new_random_version_4_uuid() -> None:
+    ids = [reconcile_id() for _ in range(1000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122

@@ -151,6 +151,24 @@ def test_unicode_is_written_as_is() -> None:
 
 
 @pytest.mark.parametrize(
+    "content",
+    [
+        {"routing_logic": "roundrobin", "static_backend_health_checks": True, "k8s_port": 8000},
+        {"session_key": 'quote " backslash \\ newline \n tab \t \u2028 ü', "k8s_port": -1},
+        {"static_backend_health_checks": False, "static_aliases": None},
+        {"b": "1", "a": "2"},
+        {"x": 1.5},
+        {"x": [1, "a"]},
+        {"x": {"nested": True}},
+        {},
+    ],
+)
+def test_the_file_is_written_as_json_dumps_writes_it(content: dict[str, Any]) -> None:
+    expected = json.dumps(content, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+    assert serialize(content) == expected
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "http://localhost",
