@@ -54,15 +54,25 @@ def parse(raw: Any) -> list[Condition]:
 
 def merge(previous: Sequence[Condition], desired: Sequence[Condition], now: str) -> list[Condition]:
     """The desired conditions, keeping each previous lastTransitionTime where status held."""
+    return [
+        cond.model_copy(update={"last_transition_time": stamp})
+        for cond, stamp in _stamped(previous, desired, now)
+    ]
+
+
+def _stamped(
+    previous: Sequence[Condition], desired: Sequence[Condition], now: str
+) -> list[tuple[Condition, str]]:
+    """Each desired condition with its lastTransitionTime (the previous one where its
+    status held, else ``now``), in :data:`ORDER`."""
     before = {c.type: c for c in previous}
-    merged = []
+    stamped = []
     for cond in desired:
         old = before.get(cond.type)
         keep = old is not None and old.status == cond.status and old.last_transition_time
-        stamp = old.last_transition_time if keep and old else now
-        merged.append(cond.model_copy(update={"last_transition_time": stamp}))
-    merged.sort(key=lambda c: ORDER.index(c.type) if c.type in ORDER else len(ORDER))
-    return merged
+        stamped.append((cond, old.last_transition_time if keep and old else now))
+    stamped.sort(key=lambda item: _rank(item[0].type))
+    return stamped
 
 
 def find(conditions: Sequence[Condition], type_: str) -> Condition | None:
@@ -100,15 +110,7 @@ def merge_wire(
     previous: Sequence[Condition], desired: Sequence[Condition], now: str
 ) -> list[dict[str, Any]]:
     """``wire(merge(previous, desired, now))``, without the stamped copies."""
-    before = {c.type: c for c in previous}
-    merged = []
-    for cond in desired:
-        old = before.get(cond.type)
-        keep = old is not None and old.status == cond.status and old.last_transition_time
-        stamp = old.last_transition_time if keep and old else now
-        merged.append((_rank(cond.type), cond, stamp))
-    merged.sort(key=lambda item: item[0])
-    return [_wire(cond, stamp) for _, cond, stamp in merged]
+    return [_wire(cond, stamp) for cond, stamp in _stamped(previous, desired, now)]
 
 
 def wire_status(
