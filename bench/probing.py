@@ -50,7 +50,7 @@ from router_controller.api import STATICROUTES
 from router_controller.kube import ENDPOINTSLICES, SERVICES, Kube, Object
 from router_controller.metrics import Metrics
 from router_controller_dev import envtest, prom
-from router_controller_dev.fakerouter import SERVICE_NAME_LABEL, host_address
+from router_controller_dev.fakerouter import endpointslice, host_address
 from router_controller_dev.hostile import HungRouter
 from router_controller_dev.processes import OperatorProcess
 
@@ -173,21 +173,6 @@ def _service(namespace: str, name: str) -> Object:
     }
 
 
-def _slice(namespace: str, service: str, index: int, address: str, port: int) -> Object:
-    return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": f"{service}-{index:02d}",
-            "namespace": namespace,
-            "labels": {SERVICE_NAME_LABEL: service},
-        },
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
-        "endpoints": [{"addresses": [address], "conditions": {"ready": True}}],
-    }
-
-
 def _route(namespace: str, index: int, service: str, check: dict[str, int]) -> Object:
     return {
         "apiVersion": "production-stack.vllm.ai/v1alpha1",
@@ -205,7 +190,7 @@ async def expose_all(
     jobs: list[Callable[[], Awaitable[Any]]] = []
     for s, name in enumerate(names):
         for r in range(replicas):
-            body = _slice(namespace, name, r, address, ports[s * replicas + r])
+            body = endpointslice(namespace, name, r, address, ports[s * replicas + r])
             jobs.append(functools.partial(kube.create, ENDPOINTSLICES.path(namespace), body))
     await bounded(jobs, concurrency)
     services: list[Callable[[], Awaitable[Any]]] = [
